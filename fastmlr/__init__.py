@@ -1,0 +1,3 @@
+"""fastmlr: a training-to-deployment runtime for multi-label image recognition."""
+
+__version__ = "0.1.0"

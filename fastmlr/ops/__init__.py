@@ -1,0 +1,149 @@
+"""fastmlr's hot ops: the public functional API.
+
+One definition of what each op computes (``fastmlr.ops.reference`` and
+docs/srdl.md), several implementations behind :func:`available_backends`.
+Every op takes ``backend=None``: a name from :func:`available_backends`, or
+``None`` for ``$FASTMLR_BACKEND`` or else the fastest backend that accepts the
+call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._dispatch import (
+    OPS,
+    Backend,
+    BackendError,
+    available_backends,
+    mark_unavailable,
+    register_backend,
+    select,
+)
+
+__all__ = [
+    "car_spatial_attention",
+    "car_pool",
+    "oe_boxes",
+    "oe_erase",
+    "available_backends",
+    "BackendError",
+    "register_backend",
+    "OPS",
+]
+
+register_backend(
+    Backend(
+        name="reference",
+        impls={
+            "car_spatial_attention": reference.car_spatial_attention_ref,
+            "car_pool": reference.car_pool_ref,
+            "oe_boxes": reference.oe_boxes_ref,
+            "oe_erase": reference.oe_erase_ref,
+        },
+        # Last resort everywhere: it materialises N x C x P x D.
+        priority={"cpu": 100, "cuda": 100, "meta": 100},
+    )
+)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _same_device_dtype(op: str, **ts: Tensor) -> None:
+    first = next(iter(ts.items()))
+    for name, t in ts.items():
+        _check(
+            t.device == first[1].device,
+            f"{op}: {name} is on {t.device} but {first[0]} is on {first[1].device}",
+        )
+        _check(t.is_floating_point(), f"{op}: {name} must be floating point, got {t.dtype}")
+        _check(
+            t.dtype == first[1].dtype,
+            f"{op}: {name} has dtype {t.dtype} but {first[0]} has {first[1].dtype}",
+        )
+
+
+def car_spatial_attention(u: Tensor, wc: Tensor, s: Tensor, b: Tensor, *, backend: str | None = None) -> Tensor:
+    """Category-specific spatial attention, SRDL eq. 5 (docs/srdl.md step 5).
+
+    ``SA[n,c,p] = sigmoid(b + sum_k s[k] * tanh(u[n,p,k] * wc[c,k]))``
+
+    Args:
+        u (Tensor[N, P, D]), wc (Tensor[C, D]), s (Tensor[D]), b (Tensor[]).
+    Returns:
+        Tensor[N, C, P]
+    """
+    _check(u.dim() == 3, f"car_spatial_attention: u must be (N, P, D), got shape {tuple(u.shape)}")
+    _check(wc.dim() == 2, f"car_spatial_attention: wc must be (C, D), got shape {tuple(wc.shape)}")
+    D = u.shape[2]
+    _check(wc.shape[1] == D, f"car_spatial_attention: wc must be (C, {D}) to match u (N, P, {D}), got {tuple(wc.shape)}")
+    _check(tuple(s.shape) == (D,), f"car_spatial_attention: s must be ({D},), got {tuple(s.shape)}")
+    _check(b.numel() == 1 and b.dim() <= 1, f"car_spatial_attention: b must be a scalar tensor, got shape {tuple(b.shape)}")
+    b = b.reshape(())
+    _same_device_dtype("car_spatial_attention", u=u, wc=wc, s=s, b=b)
+    impl = select("car_spatial_attention", (u, wc, s, b), backend).impls["car_spatial_attention"]
+    return impl(u, wc, s, b)
+
+
+def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -> Tensor:
+    """Category features, SRDL eq. 6 then global max pooling (docs/srdl.md step 6).
+
+    ``feat[n,c,k] = max_p 0.5 * f[n,k,p] * (sa[n,c,p] + ca[n,c,k])``
+
+    Args:
+        f (Tensor[N, D, P]), sa (Tensor[N, C, P]), ca (Tensor[N, C, D]).
+    Returns:
+        Tensor[N, C, D]
+    """
+    _check(f.dim() == 3, f"car_pool: f must be (N, D, P), got shape {tuple(f.shape)}")
+    N, D, P = f.shape
+    _check(sa.dim() == 3 and sa.shape[0] == N and sa.shape[2] == P,
+           f"car_pool: sa must be ({N}, C, {P}) to match f {tuple(f.shape)}, got {tuple(sa.shape)}")
+    C = sa.shape[1]
+    _check(tuple(ca.shape) == (N, C, D),
+           f"car_pool: ca must be ({N}, {C}, {D}) to match f and sa, got {tuple(ca.shape)}")
+    _check(P >= 1, "car_pool: f has no spatial positions (P = 0)")
+    _same_device_dtype("car_pool", f=f, sa=sa, ca=ca)
+    return select("car_pool", (f, sa, ca), backend).impls["car_pool"](f, sa, ca)
+
+
+def oe_boxes(sa: Tensor, alpha: float = 0.5, *, backend: str | None = None) -> Tensor:
+    """Object-erasing rectangles, SRDL eq. 7-10 (docs/srdl.md, "Object erasing").
+
+    Args:
+        sa (Tensor[N, K, H, W]): spatial attention of the chosen categories.
+        alpha: threshold in (0, 1] on the min-max normalised marginals.
+    Returns:
+        int64 Tensor[N, K, 4] of inclusive ``(x0, x1, y0, y1)``, x along W, or
+        a row of -1 where the map is flat. No gradient.
+    """
+    _check(sa.dim() == 4, f"oe_boxes: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
+    _check(sa.is_floating_point(), f"oe_boxes: sa must be floating point, got {sa.dtype}")
+    _check(0.0 < float(alpha) <= 1.0, f"oe_boxes: alpha must be in (0, 1], got {alpha}")
+    sa = sa.detach()
+    return select("oe_boxes", (sa,), backend).impls["oe_boxes"](sa, float(alpha))
+
+
+def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor:
+    """Zero each inclusive box ``(x0, x1, y0, y1)`` in its map; rows of -1 erase nothing.
+
+    Args:
+        sa (Tensor[N, K, H, W]), boxes (int64 Tensor[N, K, 4]).
+    Returns:
+        Tensor[N, K, H, W]; gradients flow to ``sa`` outside the boxes.
+    """
+    _check(sa.dim() == 4, f"oe_erase: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
+    _check(tuple(boxes.shape) == (*sa.shape[:2], 4),
+           f"oe_erase: boxes must be ({sa.shape[0]}, {sa.shape[1]}, 4) to match sa, got {tuple(boxes.shape)}")
+    _check(boxes.dtype == torch.int64, f"oe_erase: boxes must be int64, got {boxes.dtype}")
+    _check(boxes.device == sa.device, f"oe_erase: boxes on {boxes.device} but sa on {sa.device}")
+    return select("oe_erase", (sa, boxes), backend).impls["oe_erase"](sa, boxes)
+
+
+# Optional backends register themselves; a failure is reported once, by the module.
+from . import _backends  # noqa: E402,F401
