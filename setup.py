@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -68,4 +68,11 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+# kernels/ (the Triton kernels) ships inside the package as fastmlr.kernels.
+packages = find_packages(include=["fastmlr", "fastmlr.*"]) + ["fastmlr.kernels"]
+setup(
+    packages=packages,
+    package_dir={"fastmlr.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,1 @@
+"""Triton kernels for fastmlr's ops (installed as fastmlr.kernels)."""
