@@ -1,0 +1,56 @@
+"""What every fastmlr model provides, so train/evaluate/predict/export never special-case one."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_bce(logits: Tensor, targets: Tensor, ignore: Tensor | None = None) -> Tensor:
+    """BCE with logits summed over categories, averaged over the batch (SRDL eq. 11-13).
+
+    logits, targets (Tensor[N, C]); ignore (bool Tensor[N, C]): entries that count nowhere.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    if ignore is not None:
+        loss = loss.masked_fill(ignore, 0.0)
+    return loss.sum(dim=1).mean()
+
+
+class MLRModel(nn.Module):
+    """Base class: ``forward(images) -> logits (Tensor[N, C])``.
+
+    Subclasses implement ``forward_features`` and ``forward_head``; they may
+    override ``forward_train`` (extra outputs used by ``loss``) and
+    ``attention_maps``.
+    """
+
+    model_name = "?"
+
+    def __init__(self, num_classes: int, config: dict):
+        super().__init__()
+        self.num_classes = num_classes
+        # Everything needed to rebuild the module with create_model(name, num_classes, **config).
+        self.config = dict(config)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def forward_train(self, images: Tensor) -> dict[str, Tensor]:
+        return {"logits": self(images)}
+
+    def loss(self, out: dict[str, Tensor], targets: Tensor, ignore: Tensor | None = None) -> Tensor:
+        return masked_bce(out["logits"], targets, ignore)
+
+    @torch.no_grad()
+    def attention_maps(self, images: Tensor) -> Tensor | None:
+        """Per-category spatial maps (Tensor[N, C, H, W]) where the model has them."""
+        return None

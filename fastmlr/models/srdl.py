@@ -1,0 +1,235 @@
+"""SRDL: Semantic Representation and Dependency Learning for multi-label image recognition.
+
+Pu, Sun, Wu, Chen, Tian, Lin (shared/papers/srdl-*.txt). The function computed
+here is fixed by docs/srdl.md (the project's copy of shared/design/srdl.md):
+a label graph (eq. 3) gives one contextualised embedding per category, which
+guides channel attention (eq. 4) and spatial attention (eq. 5) over the
+backbone's feature map; category features are the attention-weighted map
+max-pooled (eq. 6), classified per category (eq. 2). In training, object
+erasing (eq. 7-10) removes the most obvious region of the top-K categories'
+spatial maps and adds the erased logits' loss (eq. 11-13).
+
+The hot steps (5, 6 and OE) go through :mod:`fastmlr.ops`, so which
+implementation runs (reference, C++/CUDA, Triton) never changes the model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+from ._registry import register_model
+from .backbones import Backbone
+from .base import MLRModel, masked_bce
+
+# Paper tables 5 and 6, each a configuration of the one model.
+ABLATIONS: dict[str, dict] = {
+    "car": dict(use_oe=False),
+    "car_no_gcn": dict(use_oe=False, use_gcn=False),
+    "car_no_ca": dict(use_oe=False, use_ca=False),
+    "car_no_sa": dict(use_oe=False, use_sa=False),
+    "car_oe": dict(use_oe=True),
+}
+
+
+class LabelGraph(nn.Module):
+    """Eq. 3: ``A_{l+1} = LeakyReLU(V_hat A_l W_l)`` over a learned adjacency V.
+
+    ``V_hat = softmax(V, dim=1)`` (docs/srdl.md, fastmlr's resolutions). V starts
+    random around a dominant self-loop, so each category first draws mostly on
+    its own embedding instead of a near-uniform average of all of them.
+
+    forward: A0 (Tensor[C, E]) -> X (Tensor[C, E]).
+    """
+
+    def __init__(self, num_classes: int, dim: int, layers: int = 2, self_loop: float = 2.0):
+        super().__init__()
+        self.adjacency = nn.Parameter(torch.randn(num_classes, num_classes) * 0.5 + self_loop * torch.eye(num_classes))
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(dim, dim).uniform_(-1 / math.sqrt(dim), 1 / math.sqrt(dim))) for _ in range(layers)]
+        )
+
+    def normalized_adjacency(self) -> Tensor:
+        return torch.softmax(self.adjacency, dim=1)
+
+    def forward(self, a0: Tensor) -> Tensor:
+        v_hat = self.normalized_adjacency()
+        a = a0
+        for w in self.weights:
+            a = F.leaky_relu(v_hat @ a @ w, negative_slope=0.2)
+        return a
+
+
+class SRDL(MLRModel):
+    """SRDL (CAR + OE) with every ablation of paper tables 5/6 as a switch.
+
+    Args:
+        num_classes: C.
+        backbone: a name from ``fastmlr.models.backbones.BACKBONES``.
+        weights: ImageNet weights for the backbone (path, "imagenet" for packaged ones, None).
+        embeddings (Tensor[C, E] | None): label embeddings A0 (``fastmlr.labels``); random if None.
+        embed_dim: E when ``embeddings`` is None.
+        use_gcn, use_ca, use_sa, use_oe: the ablation switches.
+        oe_k, oe_alpha: OE's top-K and threshold.
+        gcn_layers: L.
+        backend: passed to every ``fastmlr.ops`` call (None: the default dispatch).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        weights: str | None = None,
+        embeddings: Tensor | None = None,
+        embed_dim: int = 300,
+        use_gcn: bool = True,
+        use_ca: bool = True,
+        use_sa: bool = True,
+        use_oe: bool = True,
+        oe_k: int = 3,
+        oe_alpha: float = 0.5,
+        gcn_layers: int = 2,
+        backend: str | None = None,
+        ablation: str | None = None,
+    ):
+        if ablation is not None:
+            if ablation not in ABLATIONS:
+                raise ValueError(f"unknown SRDL ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+            preset = ABLATIONS[ablation]
+            use_gcn = preset.get("use_gcn", use_gcn)
+            use_ca = preset.get("use_ca", use_ca)
+            use_sa = preset.get("use_sa", use_sa)
+            use_oe = preset.get("use_oe", use_oe)
+        if not (use_ca or use_sa):
+            raise ValueError("SRDL needs channel or spatial attention (use_ca and use_sa are both off)")
+        if use_oe and not use_sa:
+            raise ValueError("object erasing (use_oe) erases spatial attention: it needs use_sa")
+        if not 0.0 < oe_alpha <= 1.0:
+            raise ValueError(f"oe_alpha must be in (0, 1], got {oe_alpha}")
+        if oe_k < 1:
+            raise ValueError(f"oe_k must be >= 1, got {oe_k}")
+        if embeddings is not None:
+            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+            if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
+                raise ValueError(
+                    f"embeddings must be ({num_classes}, E) for {num_classes} classes, got {tuple(embeddings.shape)}"
+                )
+            embed_dim = embeddings.shape[1]
+        else:
+            warnings.warn("SRDL: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=3)
+            g = torch.Generator().manual_seed(0)
+            embeddings = torch.randn(num_classes, embed_dim, generator=g)
+        super().__init__(
+            num_classes,
+            dict(
+                backbone=backbone, embed_dim=int(embed_dim), use_gcn=use_gcn, use_ca=use_ca, use_sa=use_sa,
+                use_oe=use_oe, oe_k=int(oe_k), oe_alpha=float(oe_alpha), gcn_layers=int(gcn_layers),
+            ),
+        )
+        self.use_gcn, self.use_ca, self.use_sa, self.use_oe = use_gcn, use_ca, use_sa, use_oe
+        self.oe_k, self.oe_alpha, self.backend = int(oe_k), float(oe_alpha), backend
+
+        self.backbone = Backbone(backbone, weights)
+        D = self.backbone.out_channels
+        # A0: stored with the model so a checkpoint never needs the embedding source again.
+        self.register_buffer("label_embeddings", embeddings.clone())
+        self.gcn = LabelGraph(num_classes, embed_dim, gcn_layers) if use_gcn else None
+        self.f_w = nn.Linear(embed_dim, D)
+        if use_ca:
+            self.f_ca = nn.Linear(D, D)
+            self.f_c = nn.Linear(D, D)
+        if use_sa:
+            self.f_sa = nn.Linear(D, D)
+            self.f_s = nn.Linear(D, 1)
+        bound = 1 / math.sqrt(D)
+        self.cls_weight = nn.Parameter(torch.empty(num_classes, D).uniform_(-bound, bound))
+        self.cls_bias = nn.Parameter(torch.zeros(num_classes))
+
+    # -- the pieces of the head, each a step of docs/srdl.md --------------------------------------
+    def category_embeddings(self) -> Tensor:
+        """Steps 2-3: ``Wc = f_w(X)`` (Tensor[C, D])."""
+        x = self.gcn(self.label_embeddings) if self.gcn is not None else self.label_embeddings
+        return self.f_w(x)
+
+    def channel_attention(self, f: Tensor, wc: Tensor) -> Tensor:
+        """Step 4, eq. 4. f (Tensor[N, D, P]), wc (Tensor[C, D]) -> CA (Tensor[N, C, D])."""
+        g = self.f_ca(f.amax(dim=2))
+        return torch.sigmoid(self.f_c(torch.tanh(g[:, None, :] * wc[None, :, :])))
+
+    def spatial_attention(self, f: Tensor, wc: Tensor) -> Tensor:
+        """Step 5, eq. 5. f (Tensor[N, D, P]), wc (Tensor[C, D]) -> SA (Tensor[N, C, P])."""
+        u = self.f_sa(f.transpose(1, 2))
+        return ops.car_spatial_attention(u, wc, self.f_s.weight[0], self.f_s.bias[0], backend=self.backend)
+
+    def classify(self, feat: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Step 7, eq. 2: one linear classifier per category. feat (Tensor[N, K, D]) -> (Tensor[N, K])."""
+        return (feat * weight).sum(dim=-1) + bias
+
+    def _head(self, fmap: Tensor) -> dict[str, Tensor]:
+        N, D, H, W = fmap.shape
+        f = fmap.flatten(2)
+        wc = self.category_embeddings()
+        C = wc.shape[0]
+        ca = self.channel_attention(f, wc) if self.use_ca else f.new_zeros(N, C, D)
+        sa = self.spatial_attention(f, wc) if self.use_sa else f.new_zeros(N, C, H * W)
+        feat = ops.car_pool(f, sa, ca, backend=self.backend)
+        logits = self.classify(feat, self.cls_weight, self.cls_bias)
+        return {"logits": logits, "f": f, "sa": sa, "ca": ca, "hw": (H, W)}
+
+    # -- MLRModel interface ------------------------------------------------------------------------
+    def forward_features(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        return self._head(feats)["logits"]
+
+    def forward_train(self, images: Tensor) -> dict[str, Tensor]:
+        out = self._head(self.forward_features(images))
+        if self.use_oe and self.training:
+            out["logits_erased"] = self.erased_logits(out)
+        return out
+
+    def erased_logits(self, out: dict[str, Tensor]) -> Tensor:
+        """OE (eq. 7-10): logits ``z'`` with the top-K categories' obvious regions erased.
+
+        Only the K chosen categories change (``SA' = SA`` elsewhere), so only
+        their features are pooled again; ``z'`` equals ``z`` for the others.
+        """
+        logits, f, sa, ca = out["logits"], out["f"], out["sa"], out["ca"]
+        H, W = out["hw"]
+        N, C, P = sa.shape
+        K = min(self.oe_k, C)
+        with torch.no_grad():
+            idx = logits.topk(K, dim=1).indices  # sigmoid is monotonic: top-K of p
+        sa_k = sa.gather(1, idx[:, :, None].expand(N, K, P)).reshape(N, K, H, W)
+        boxes = ops.oe_boxes(sa_k, self.oe_alpha, backend=self.backend)
+        sa_erased = ops.oe_erase(sa_k, boxes, backend=self.backend).reshape(N, K, P)
+        ca_k = ca.gather(1, idx[:, :, None].expand(N, K, ca.shape[2]))
+        feat_k = ops.car_pool(f, sa_erased, ca_k, backend=self.backend)
+        z_k = self.classify(feat_k, self.cls_weight[idx], self.cls_bias[idx])
+        return logits.scatter(1, idx, z_k)
+
+    def loss(self, out: dict[str, Tensor], targets: Tensor, ignore: Tensor | None = None) -> Tensor:
+        loss = masked_bce(out["logits"], targets, ignore)
+        if "logits_erased" in out:
+            loss = loss + masked_bce(out["logits_erased"], targets, ignore)
+        return loss
+
+    @torch.no_grad()
+    def attention_maps(self, images: Tensor) -> Tensor | None:
+        if not self.use_sa:
+            return None
+        out = self._head(self.forward_features(images))
+        H, W = out["hw"]
+        return out["sa"].reshape(out["sa"].shape[0], -1, H, W)
+
+
+@register_model("srdl")
+def srdl(num_classes: int, **cfg) -> SRDL:
+    return SRDL(num_classes, **cfg)
