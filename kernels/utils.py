@@ -1,0 +1,58 @@
+"""What every Triton kernel file in fastmlr.kernels shares.
+
+``INTERPRET`` is read once, at import, because that is when ``@triton.jit``
+decides (``triton.knobs.runtime.interpret``, i.e. ``TRITON_INTERPRET``)
+whether a kernel is compiled for a GPU or run by the CPU interpreter. Set
+``TRITON_INTERPRET=1`` before the first import of fastmlr to get interpreted
+kernels; changing it later has no effect on kernels already decorated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+
+# The interpreter has no libdevice (tanh included); a real GPU uses it.
+USE_LIBDEVICE: bool = not INTERPRET
+
+# Loads are upcast to this before any arithmetic: fp16/bf16/fp32 accumulate in
+# fp32, float64 stays float64 (so float64 gradchecks stay meaningful).
+_ACC = {torch.float16: tl.float32, torch.bfloat16: tl.float32, torch.float32: tl.float32, torch.float64: tl.float64}
+_TORCH_ACC = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float32,
+              torch.float64: torch.float64}
+
+
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulation dtype for tensors of ``dtype``."""
+    return _ACC[dtype]
+
+
+def torch_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Torch twin of :func:`acc_dtype`, for buffers the kernels accumulate into."""
+    return _TORCH_ACC[dtype]
+
+
+def device_context(t: torch.Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+@triton.jit
+def tanh(x, USE_LIBDEVICE: tl.constexpr):
+    """tanh(x): libdevice on a GPU, ``2 sigmoid(2x) - 1`` in the interpreter.
+
+    The identity is exact in real arithmetic; in floating point its absolute
+    error is about one ulp of 1 near x = 0, which is what the attention sums
+    (over D) care about.
+    """
+    if USE_LIBDEVICE:
+        y = libdevice.tanh(x)
+    else:
+        y = 2.0 * tl.sigmoid(2.0 * x) - 1.0
+    return y
