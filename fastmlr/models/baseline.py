@@ -13,7 +13,11 @@ from .base import MLRModel
 class Baseline(MLRModel):
     """ResNet/MobileNet + GMP + linear (paper: 77.1 mAP COCO, 91.8 VOC at 448 px)."""
 
-    def __init__(self, num_classes: int, backbone: str = "resnet101", weights: str | None = None, **unused):
+    def __init__(
+        self, num_classes: int, backbone: str = "resnet101", weights: str | None = None, backend: str | None = None,
+        **unused,
+    ):
+        # backend: accepted like every model's, unused (no fastmlr.ops in this head).
         if unused:
             raise TypeError(f"baseline: unexpected options {sorted(unused)}")
         super().__init__(num_classes, {"backbone": backbone})

@@ -1,0 +1,90 @@
+"""python -m fastmlr.evaluate: the paper's metric table (and per-class AP) of a checkpoint on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from .checkpoint import CheckpointMismatch, atomic_write_json, check_compatible, load_checkpoint, model_from_checkpoint
+from .data import build_dataset, collate_skip
+from .metrics import format_metrics_table, format_per_class_ap, multilabel_metrics
+from .train import predict_dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastmlr.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a fastmlr checkpoint (last.pt / best.pt)")
+    p.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--classes-file", default=None, help="list format: class names, one per line")
+    p.add_argument("--split", default=None, help="default: test (voc), val (others)")
+    p.add_argument("--num-images", type=int, default=1000, help="mosaics: number of images")
+    p.add_argument("--seed", type=int, default=None, help="mosaics: seed (default: the training run's validation seed)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None, help="fastmlr.ops backend")
+    p.add_argument("--json", default=None, help="write every figure here (default: next to the checkpoint)")
+    p.add_argument("--per-class", action="store_true", help="print per-class AP")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def evaluate(args) -> dict:
+    ckpt = load_checkpoint(args.checkpoint)
+    size = args.image_size or ckpt.get("image_size") or 448
+    kw = {}
+    if args.data == "mosaics":
+        train_seed = ckpt.get("args", {}).get("seed", 0)
+        kw = dict(num_images=args.num_images, seed=args.seed if args.seed is not None else train_seed + 1)
+    elif args.data == "list":
+        kw["classes_file"] = args.classes_file
+    root = args.data_root
+    split = args.split or ("test" if args.data == "voc" else "val")
+    ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
+    check_compatible(ckpt, class_names=list(ds.classes))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model_from_checkpoint(ckpt, backend=args.backend).to(device)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip, shuffle=False
+    )
+    scores, targets, ignore, skipped = predict_dataset(model, loader, device, progress=not args.no_progress)
+    m = multilabel_metrics(scores, targets, ignore, threshold=args.threshold)
+    m.update(
+        checkpoint=os.path.abspath(args.checkpoint), data=args.data, split=split, image_size=size,
+        skipped_images=skipped, class_names=list(ds.classes), model=ckpt["model"],
+    )
+    out = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split}.json"
+    atomic_write_json(out, m)
+    m["json"] = out
+    return m
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        m = evaluate(args)
+    except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_metrics_table({f"{m['model']} on {m['data']}/{m['split']}": m}))
+    print(f"top-3: CP {100 * m['CP_top3']:.1f}  CR {100 * m['CR_top3']:.1f}  CF1 {100 * m['CF1_top3']:.1f}  "
+          f"OP {100 * m['OP_top3']:.1f}  OR {100 * m['OR_top3']:.1f}  OF1 {100 * m['OF1_top3']:.1f}")
+    if m["classes_without_positive"]:
+        names = [m["class_names"][i] for i in m["classes_without_positive"]]
+        print(f"left out of mAP (no positive in this data): {', '.join(names)}")
+    if m["skipped_images"]:
+        print(f"{m['skipped_images']} unreadable images skipped")
+    if args.per_class:
+        print(format_per_class_ap(m, m["class_names"]))
+    print(f"wrote {m['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""python -m fastmlr.predict: labels and scores for images; --attention-maps draws SRDL's maps (paper fig. 5)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from .checkpoint import CheckpointMismatch, atomic_write_bytes, load_checkpoint, model_from_checkpoint
+from .data import denormalize, load_image
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastmlr.predict", description=__doc__.splitlines()[0])
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="labels at or above this probability")
+    p.add_argument("--top", type=int, default=5, help="also show this many best scores per image")
+    p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--attention-maps", default=None, metavar="OUT.png",
+                   help="draw each image with the spatial attention of its top-3 categories")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None)
+    return p
+
+
+def _heat(v: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1] (Tensor[H, W]) -> RGB (Tensor[3, H, W]) on a blue-green-yellow-red ramp."""
+    r = (1.5 - (4 * v - 3).abs()).clamp(0, 1)
+    g = (1.5 - (4 * v - 2).abs()).clamp(0, 1)
+    b = (1.5 - (4 * v - 1).abs()).clamp(0, 1)
+    return torch.stack([r, g, b])
+
+
+def draw_attention(images: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor, class_names, k: int = 3,
+                   tile: int = 192) -> Image.Image:
+    """One row per image: the image, then its top-k categories' spatial attention over it.
+
+    images (Tensor[N, 3, S, S]) normalised; maps (Tensor[N, C, h, w]); probs (Tensor[N, C]).
+    """
+    N = images.shape[0]
+    k = min(k, probs.shape[1])
+    pad = 18
+    canvas = Image.new("RGB", ((k + 1) * tile, N * (tile + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for n in range(N):
+        img = denormalize(images[n]).clamp(0, 1)
+        img = F.interpolate(img[None], size=(tile, tile), mode="bilinear", align_corners=False)[0]
+        y = n * (tile + pad)
+        canvas.paste(Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()), (0, y + pad))
+        draw.text((2, y + 2), "input", fill="black")
+        top = probs[n].topk(k).indices
+        for j, c in enumerate(top.tolist()):
+            m = F.interpolate(maps[n, c][None, None].float(), size=(tile, tile), mode="bilinear", align_corners=False)[0, 0]
+            m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-6)
+            blend = 0.5 * img + 0.5 * _heat(m)
+            canvas.paste(Image.fromarray((blend.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy()),
+                         ((j + 1) * tile, y + pad))
+            draw.text(((j + 1) * tile + 2, y + 2), f"{class_names[c]} {probs[n, c]:.2f}", fill="black")
+    return canvas
+
+
+def predict(args) -> list[dict]:
+    ckpt = load_checkpoint(args.checkpoint)
+    size = args.image_size or ckpt.get("image_size") or 448
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model_from_checkpoint(ckpt, backend=args.backend).to(device).eval()
+    names = ckpt["class_names"]
+    tensors = [load_image(p, size)[0] for p in args.images]
+    batch = torch.stack(tensors).to(device)
+    with torch.no_grad():
+        probs = torch.sigmoid(model(batch).float()).cpu()
+    results = []
+    for path, p in zip(args.images, probs):
+        order = p.argsort(descending=True).tolist()
+        results.append({
+            "image": path,
+            "labels": [{"label": names[c], "score": round(float(p[c]), 4)} for c in order if p[c] >= args.threshold],
+            "top": [{"label": names[c], "score": round(float(p[c]), 4)} for c in order[: args.top]],
+        })
+    if args.attention_maps:
+        maps = model.attention_maps(batch)
+        if maps is None:
+            raise ValueError(
+                f"--attention-maps: model {ckpt['model']!r} (config {ckpt['config']}) has no spatial attention maps"
+            )
+        canvas = draw_attention(batch.cpu(), maps.cpu(), probs, names)
+        fmt = "PNG" if args.attention_maps.lower().endswith(".png") else None
+        atomic_write_bytes(args.attention_maps, lambda fh: canvas.save(fh, format=fmt or "PNG"))
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = predict(args)
+    except (CheckpointMismatch, FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            labels = ", ".join(f"{x['label']} ({x['score']:.2f})" for x in r["labels"]) or "(none above threshold)"
+            top = ", ".join(f"{x['label']} {x['score']:.2f}" for x in r["top"])
+            print(f"{r['image']}: {labels}\n    top: {top}")
+    if args.attention_maps:
+        print(f"attention maps written to {args.attention_maps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
