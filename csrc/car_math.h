@@ -1,0 +1,156 @@
+// Per-element math of fastmlr's fused ops, shared by the CPU kernels
+// (csrc/cpu) and the CUDA kernels (csrc/cuda) so that both compute the same
+// function with the same index arithmetic. Definitions: docs/srdl.md, steps 5
+// and 6 and "Object erasing"; fastmlr/ops/reference.py is the reference.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FMLR_HD __host__ __device__ __forceinline__
+#else
+#define FMLR_HD inline
+#endif
+
+// Hot CPU row loops are compiled twice, for AVX2+FMA and for the baseline
+// x86-64, and picked at load time, so one wheel is fast and still portable.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && !defined(__clang__)
+#define FMLR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FMLR_CPU_CLONES
+#endif
+
+namespace fastmlr {
+
+// A marginal whose max - min is at most this is "flat": no obvious object
+// (reference.FLAT_EPS).
+constexpr double kFlatEps = 1e-6;
+
+// tanh in float, written so that a host loop over it vectorises (std::tanh
+// does not): tanh(x) = 1 - 2 / (e^{2x} + 1), with e^y = 2^n e^r, |r| <= ln2/2,
+// and e^r by its Taylor series to r^6 (truncation < 2e-7 relative). The
+// absolute error is a few 1e-8, which matters only as absolute error in the
+// sums of eq. 5; tests hold it to the float32 tolerance.
+FMLR_HD float tanh_fast(float x) {
+#if defined(__CUDA_ARCH__)
+  return tanhf(x);
+#else
+  float y = 2.0f * x;
+  // tanh(15) rounds to 1 in float; the clamp keeps 2^n a normal number.
+  y = y < -30.0f ? -30.0f : y;
+  y = y > 30.0f ? 30.0f : y;
+  float nf = y * 1.44269504088896341f;
+  // Round to nearest through the float significand (no fast-math here, so the
+  // compiler keeps this sum as written).
+  nf = (nf + 12582912.0f) - 12582912.0f;
+  // Cody-Waite split of ln 2: the high part has few bits, so nf * hi is exact.
+  float r = y - nf * 0.693145751953125f;
+  r = r - nf * 1.42860682030941723e-6f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(nf) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(float));
+  float e = p * two_n;
+  return 1.0f - 2.0f / (e + 1.0f);
+#endif
+}
+
+// Double precision keeps the exact libm tanh: gradcheck differentiates it.
+FMLR_HD double tanh_fast(double x) { return tanh(x); }
+
+FMLR_HD float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+FMLR_HD double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
+
+// One candidate of eq. 6, (0.5 f) (sa + ca), rounded to T after each step as
+// PyTorch rounds each op of the reference, so the maximum and its position
+// match the reference exactly in every dtype. Op is T's arithmetic type.
+template <typename T, typename Op>
+FMLR_HD Op pool_value(T f, T sa, T ca) {
+  const T half_f = static_cast<T>(Op(0.5) * static_cast<Op>(f));
+  const T w = static_cast<T>(static_cast<Op>(sa) + static_cast<Op>(ca));
+  return static_cast<Op>(static_cast<T>(static_cast<Op>(half_f) * static_cast<Op>(w)));
+}
+
+// Exact division even under nvcc --use_fast_math: the OE threshold compares a
+// quotient with alpha, and the reference divides with IEEE rounding.
+FMLR_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+FMLR_HD double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// The OE rule on one marginal m[0..L) (docs/srdl.md "Object erasing"):
+// min-max normalise, keep positions with value >= alpha, group them into runs
+// of consecutive indices, and choose the run that contains the global maximum;
+// among several such runs the widest, then the first. A marginal with
+// max - min <= kFlatEps is flat. T is the storage type (float, double, Half,
+// BFloat16); each intermediate is rounded to T as the reference does, and
+// `Op` is float for Half/BFloat16 (their arithmetic), T otherwise.
+template <typename T, typename Op>
+FMLR_HD void oe_axis_run(const T* m, int64_t L, double alpha, int64_t* start, int64_t* end, bool* flat) {
+  T lo = m[0];
+  T hi = m[0];
+  for (int64_t i = 1; i < L; ++i) {
+    lo = static_cast<Op>(m[i]) < static_cast<Op>(lo) ? m[i] : lo;
+    hi = static_cast<Op>(m[i]) > static_cast<Op>(hi) ? m[i] : hi;
+  }
+  const T rng = static_cast<T>(static_cast<Op>(hi) - static_cast<Op>(lo));
+  *flat = static_cast<Op>(rng) <= static_cast<Op>(static_cast<T>(kFlatEps));
+  const Op denom = static_cast<Op>(rng) > Op(0) ? static_cast<Op>(rng) : Op(1);
+  const Op a = static_cast<Op>(static_cast<T>(alpha));
+  int64_t best_start = -1, best_end = -1, best_len = 0;
+  int64_t run_start = -1;
+  bool run_has_max = false;
+  for (int64_t i = 0; i <= L; ++i) {
+    bool on = false;
+    bool is_max = false;
+    if (i < L) {
+      const T d = static_cast<T>(static_cast<Op>(m[i]) - static_cast<Op>(lo));
+      const T v = static_cast<T>(div_rn(static_cast<Op>(d), denom));
+      on = static_cast<Op>(v) >= a;
+      is_max = static_cast<Op>(m[i]) == static_cast<Op>(hi);
+    }
+    if (on) {
+      if (run_start < 0) {
+        run_start = i;
+        run_has_max = false;
+      }
+      run_has_max = run_has_max || is_max;
+    } else if (run_start >= 0) {
+      const int64_t len = i - run_start;
+      if (run_has_max && len > best_len) {  // strict: the first run wins ties
+        best_len = len;
+        best_start = run_start;
+        best_end = i - 1;
+      }
+      run_start = -1;
+    }
+  }
+  *start = best_start;
+  *end = best_end;
+}
+
+// Whether (x, y) lies in the inclusive box (x0, x1, y0, y1); a row of -1
+// contains nothing.
+FMLR_HD bool in_box(int64_t x, int64_t y, const int64_t* box) {
+  return x >= box[0] && x <= box[1] && y >= box[2] && y <= box[3];
+}
+
+}  // namespace fastmlr
