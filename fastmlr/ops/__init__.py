@@ -28,6 +28,8 @@ __all__ = [
     "car_pool",
     "oe_boxes",
     "oe_erase",
+    "second_order_pool",
+    "multi_perspective_cosine",
     "available_backends",
     "BackendError",
     "register_backend",
@@ -42,6 +44,8 @@ register_backend(
             "car_pool": reference.car_pool_ref,
             "oe_boxes": reference.oe_boxes_ref,
             "oe_erase": reference.oe_erase_ref,
+            "second_order_pool": reference.second_order_pool_ref,
+            "multi_perspective_cosine": reference.multi_perspective_cosine_ref,
         },
         # Last resort everywhere: it materialises N x C x P x D.
         priority={"cpu": 100, "cuda": 100, "meta": 100},
@@ -143,6 +147,40 @@ def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor
     _check(boxes.dtype == torch.int64, f"oe_erase: boxes must be int64, got {boxes.dtype}")
     _check(boxes.device == sa.device, f"oe_erase: boxes on {boxes.device} but sa on {sa.device}")
     return select("oe_erase", (sa, boxes), backend).impls["oe_erase"](sa, boxes)
+
+
+def second_order_pool(x: Tensor, *, backend: str | None = None) -> Tensor:
+    """Global second-order pooling (channel covariance), AAMN's spatial-relation module (docs/models/aamn.md).
+
+    ``cov[n,i,j] = 1/P * sum_p (x[n,i,p] - mean_p x[n,i]) * (x[n,j,p] - mean_p x[n,j])``
+
+    Args:
+        x (Tensor[N, D, P]).
+    Returns:
+        Tensor[N, D, D]
+    """
+    _check(x.dim() == 3, f"second_order_pool: x must be (N, D, P), got shape {tuple(x.shape)}")
+    _check(x.shape[2] >= 1, "second_order_pool: x has no spatial positions (P = 0)")
+    _same_device_dtype("second_order_pool", x=x)
+    return select("second_order_pool", (x,), backend).impls["second_order_pool"](x)
+
+
+def multi_perspective_cosine(v: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
+    """Multi-perspective weighted cosine graph, MMDSR's dynamic semantic module (docs/models/mmdsr.md).
+
+    ``S[n,i,j] = 1/K * sum_k cos(w[k] * v[n,i], w[k] * v[n,j])`` (norms clamped below at 1e-8).
+
+    Args:
+        v (Tensor[N, C, D]): category features; w (Tensor[K, D]): perspective weights.
+    Returns:
+        Tensor[N, C, C]
+    """
+    _check(v.dim() == 3, f"multi_perspective_cosine: v must be (N, C, D), got shape {tuple(v.shape)}")
+    _check(w.dim() == 2 and w.shape[1] == v.shape[2],
+           f"multi_perspective_cosine: w must be (K, {v.shape[2]}) to match v {tuple(v.shape)}, got {tuple(w.shape)}")
+    _check(w.shape[0] >= 1, "multi_perspective_cosine: w has no perspectives (K = 0)")
+    _same_device_dtype("multi_perspective_cosine", v=v, w=w)
+    return select("multi_perspective_cosine", (v, w), backend).impls["multi_perspective_cosine"](v, w)
 
 
 # Optional backends register themselves; a failure is reported once, by the module.

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-OPS = ("car_spatial_attention", "car_pool", "oe_boxes", "oe_erase")
+OPS = ("car_spatial_attention", "car_pool", "oe_boxes", "oe_erase", "second_order_pool", "multi_perspective_cosine")
 
 
 class BackendError(RuntimeError):

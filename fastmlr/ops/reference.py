@@ -122,3 +122,35 @@ def oe_erase_ref(sa: Tensor, boxes: Tensor) -> Tensor:
     in_y = (ys >= b[..., 2:3]) & (ys <= b[..., 3:4])  # N, K, H
     mask = in_y[..., :, None] & in_x[..., None, :]
     return sa.masked_fill(mask, 0.0)
+
+
+# -- AAMN and MMDSR (docs/models/aamn.md, docs/models/mmdsr.md) -----------------------------------
+
+def second_order_pool_ref(x: Tensor) -> Tensor:
+    """Global second-order pooling: the channel covariance of each feature map (AAMN's SRE module).
+
+    ``cov[n,i,j] = 1/P * sum_p (x[n,i,p] - mean_p x[n,i]) * (x[n,j,p] - mean_p x[n,j])``
+
+    Args:
+        x (Tensor[N, D, P]): feature map, flattened spatially.
+    Returns:
+        Tensor[N, D, D], symmetric.
+    """
+    xc = x - x.mean(dim=2, keepdim=True)  # N, D, P: the centred copy a fused kernel never stores
+    return torch.matmul(xc, xc.transpose(1, 2)) / x.shape[2]
+
+
+def multi_perspective_cosine_ref(v: Tensor, w: Tensor, eps: float = 1e-8) -> Tensor:
+    """Multi-perspective weighted cosine between every pair of category features (MMDSR's DSR module).
+
+    ``S[n,i,j] = 1/K * sum_k cos(w[k] * v[n,i], w[k] * v[n,j])``, each norm clamped below at ``eps``.
+
+    Args:
+        v (Tensor[N, C, D]): category-specific features of each image.
+        w (Tensor[K, D]): one weight vector per perspective.
+    Returns:
+        Tensor[N, C, C], symmetric, entries in [-1, 1].
+    """
+    vw = v[:, None, :, :] * w[None, :, None, :]  # N, K, C, D
+    vn = vw / vw.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.matmul(vn, vn.transpose(-1, -2)).mean(dim=1)  # N, K, C, C -> N, C, C
