@@ -7,7 +7,6 @@ spelled out by hand from what each fixture says.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import struct
@@ -22,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from fastmlr import data as D
 from fastmlr.data import mosaics as M
+
+from fakes import N_TRAIN_PER_CLASS, N_VAL_PER_CLASS, TRAIN_BASE, VAL_BASE, write_fake_fmnist, write_idx
 
 MEAN = np.array(D.IMAGENET_MEAN, dtype=np.float64)
 STD = np.array(D.IMAGENET_STD, dtype=np.float64)
@@ -354,30 +355,6 @@ def test_build_dataset_names_splits_and_train_default(tmp_path):
 
 
 # ---------------------------------------------------------------- FashionMosaics
-
-N_TRAIN_PER_CLASS, N_VAL_PER_CLASS = 3, 2
-TRAIN_BASE, VAL_BASE = 20, 150  # photo k of a split is filled with BASE + k
-
-
-def write_idx(path, array, gz):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
-    if gz:
-        path, raw = path + ".gz", gzip.compress(raw)
-    with open(path, "wb") as f:
-        f.write(raw)
-
-
-def write_fake_fmnist(folder, gz=True):
-    os.makedirs(folder, exist_ok=True)
-    for prefix, per_class, base in (("train", N_TRAIN_PER_CLASS, TRAIN_BASE), ("t10k", N_VAL_PER_CLASS, VAL_BASE)):
-        n = 10 * per_class
-        labels = np.arange(n) % 10
-        images = (base + np.arange(n))[:, None, None] * np.ones((1, 28, 28))
-        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), images, gz)
-        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels, gz)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def fmnist(tmp_path_factory):
