@@ -13,7 +13,9 @@ def masked_bce(logits: Tensor, targets: Tensor, ignore: Tensor | None = None) ->
 
     logits, targets (Tensor[N, C]); ignore (bool Tensor[N, C]): entries that count nowhere.
     """
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss itself in fp32
+        logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
     if ignore is not None:
         loss = loss.masked_fill(ignore, 0.0)
     return loss.sum(dim=1).mean()
