@@ -24,6 +24,17 @@ BACKBONES = {
     "mobilenet_v2": (1280, 32),
 }
 
+# forward_stages: channels of the stride-8, -16 and -32 feature maps (MMDSR's multi-layer input).
+STAGE_CHANNELS = {
+    "resnet18": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+    "resnet101": (512, 1024, 2048),
+    "mobilenet_v2": (32, 96, 1280),
+}
+# Where each stage ends in ``body``: resnets after layer2/3/4, mobilenet_v2 after features[6]/[13]/[18].
+_STAGE_ENDS = {"mobilenet_v2": (6, 13, 18)}
+_RESNET_STAGE_ENDS = (5, 6, 7)
+
 _MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
 
@@ -50,6 +61,7 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(BACKBONES))}")
         self.name = name
         self.out_channels, self.stride = BACKBONES[name]
+        self.stage_channels = STAGE_CHANNELS[name]
         net = getattr(torchvision.models, name)(weights=None)
         self.weights_source = self._load(net, name, weights)
         if name == "mobilenet_v2":
@@ -92,3 +104,16 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """images (Tensor[N, 3, S, S]) -> [F8, F16, F32]: the maps at strides 8, 16 and 32.
+
+        ``F_s`` is Tensor[N, stage_channels[i], S/s, S/s]; ``F32`` equals ``forward(x)``.
+        """
+        ends = _STAGE_ENDS.get(self.name, _RESNET_STAGE_ENDS)
+        out = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in ends:
+                out.append(x)
+        return out
