@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, device_context, tanh, torch_acc_dtype
 
@@ -274,6 +275,7 @@ class CarSpatialAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not themselves differentiable
     def backward(ctx, grad):
         u, wc, s, out = ctx.saved_tensors
         need_u, need_wc, need_s, need_b = ctx.needs_input_grad
@@ -437,6 +439,7 @@ class CarPool(torch.autograd.Function):
         return out, idx
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad, _grad_idx):
         f, sa, ca, idx = ctx.saved_tensors
         need_f, need_sa, need_ca = ctx.needs_input_grad

@@ -103,6 +103,30 @@ def _fwd_bwd(fn, inputs, grad_seed=1):
     return out, grads, g
 
 
+def _check_against_same_dtype_torch(op, ref_op, raw, dtype, device, floor):
+    """Forward and every gradient of ``op`` (triton) vs the float64 reference, bounded by the
+    error the reference itself makes in ``dtype`` plus ``floor`` relative to the result's size."""
+    ins = _leaves(*raw, dtype=dtype, device=device)
+    out, grads, g = _fwd_bwd(lambda *x: op(*x, backend="triton"), ins)
+    ref_ins = _leaves(*raw, dtype=torch.float64, device=device)
+    ref = ref_op(*ref_ins)
+    ref_grads = torch.autograd.grad(ref, ref_ins, g.double())
+    low_ins = _leaves(*raw, dtype=dtype, device=device)
+    low = ref_op(*low_ins)
+    low_grads = torch.autograd.grad(low, low_ins, g)
+    _err_bound(out, ref, low, floor, "forward")
+    for i, (got, want, same) in enumerate(zip(grads, ref_grads, low_grads)):
+        assert got.dtype == dtype and got.shape == want.shape
+        _err_bound(got, want, same, floor, f"gradient of input {i}")
+
+
+def _err_bound(got, ref64, same_dtype_ref, floor, what):
+    """flash-attention style: no worse than twice PyTorch's own error in that dtype, plus a floor."""
+    bound = 2 * (same_dtype_ref.double() - ref64).abs().max().item() + floor * max(1.0, ref64.abs().max().item())
+    err = (got.double() - ref64).abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3g} > bound {bound:.3g} (2 x PyTorch's error in {got.dtype} + floor)"
+
+
 # ---------------------------------------------------------------------------
 # CAR: spatial attention (eq. 5) and pooling (eq. 6 + GMP)
 # ---------------------------------------------------------------------------
@@ -157,6 +181,15 @@ def test_car_pool_matches_reference(shape, dtype):
     for name, got, want in zip(("df", "dsa", "dca"), grads, ref_grads):
         assert got.shape == want.shape and got.dtype == dtype, name
         _close(got, want, dtype, name)
+
+
+@interp
+def test_car_ops_float16_within_torch_error():
+    """float16 (upcast to fp32 inside the kernels): no worse than PyTorch's own float16 error."""
+    shape = (2, 18, 20, 40)
+    for op, ref_op, make in ((ops.car_spatial_attention, reference.car_spatial_attention_ref, _sa_inputs),
+                             (ops.car_pool, reference.car_pool_ref, _pool_inputs)):
+        _check_against_same_dtype_torch(op, ref_op, make(*shape), torch.float16, "cpu", floor=1e-3)
 
 
 @interp
@@ -407,36 +440,17 @@ def test_interpreter_cases(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _err_bound(got, ref64, same_dtype_ref, floor):
-    """flash-attention style: no worse than twice PyTorch's own error in that dtype, plus a floor."""
-    bound = 2 * (same_dtype_ref.double() - ref64).abs().max().item() + floor
-    err = (got.double() - ref64).abs().max().item()
-    assert err <= bound, f"max error {err:.3g} > bound {bound:.3g}"
-
-
 GPU_SHAPES = [(2, 20, 196, 512), (3, 7, 49, 300), (1, 1, 1, 1)]
-GPU_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+GPU_FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("shape", GPU_SHAPES)
 def test_gpu_car_ops_match_reference(shape, dtype):
-    floor = GPU_FLOOR[dtype]
     for op, ref_op, make in ((ops.car_spatial_attention, reference.car_spatial_attention_ref, _sa_inputs),
                              (ops.car_pool, reference.car_pool_ref, _pool_inputs)):
-        raw = make(*shape)
-        ins = _leaves(*raw, dtype=dtype, device="cuda")
-        out, grads, g = _fwd_bwd(lambda *x: op(*x, backend="triton"), ins)
-        ref_ins = _leaves(*raw, dtype=torch.float64, device="cuda")
-        ref = ref_op(*ref_ins)
-        ref_grads = torch.autograd.grad(ref, ref_ins, g.double())
-        low_ins = _leaves(*raw, dtype=dtype, device="cuda")
-        low = ref_op(*low_ins)
-        low_grads = torch.autograd.grad(low, low_ins, g)
-        _err_bound(out, ref, low, floor)
-        for got, want, same in zip(grads, ref_grads, low_grads):
-            _err_bound(got, want, same, floor * max(1.0, math.sqrt(shape[2])))
+        _check_against_same_dtype_torch(op, ref_op, make(*shape), dtype, "cuda", floor=GPU_FLOOR[dtype])
 
 
 @gpu
