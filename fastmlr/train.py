@@ -182,15 +182,31 @@ def _resolve_weights(args) -> str | None:
     return "imagenet" if offline_imagenet_weights(args.backbone) else None
 
 
+def _takes_embeddings(model: str) -> bool:
+    """Whether the model's constructor takes label embeddings (read from the factory's return type)."""
+    import inspect
+    import typing
+
+    from .models._registry import _MODELS
+
+    fn = _MODELS.get(model)
+    if fn is None:
+        return False
+    params = inspect.signature(fn).parameters
+    if "embeddings" in params:
+        return True
+    cls = typing.get_type_hints(fn).get("return")
+    return isinstance(cls, type) and "embeddings" in inspect.signature(cls.__init__).parameters
+
+
 def _model_cfg(args, classes) -> dict:
     cfg = dict(backbone=args.backbone, weights=_resolve_weights(args), backend=args.backend)
-    if args.model == "srdl":
+    if _takes_embeddings(args.model):
         from .labels import load_embeddings
 
-        cfg.update(
-            embeddings=load_embeddings(list(classes), args.embeddings),
-            oe_k=args.oe_k, oe_alpha=args.oe_alpha, ablation=args.ablation,
-        )
+        cfg["embeddings"] = load_embeddings(list(classes), args.embeddings)
+    if args.model == "srdl":
+        cfg.update(oe_k=args.oe_k, oe_alpha=args.oe_alpha, ablation=args.ablation)
         if args.no_oe:
             cfg["use_oe"] = False
     return cfg

@@ -5,6 +5,6 @@ from .backbones import BACKBONES, Backbone
 from .base import MLRModel, masked_bce
 
 # Importing a model file registers it.
-from . import aamn, baseline, mmdsr, srdl  # noqa: E402,F401
+from . import aamn, baseline, mlgcn, mmdsr, srdl  # noqa: E402,F401
 
 __all__ = ["create_model", "list_models", "register_model", "BACKBONES", "Backbone", "MLRModel", "masked_bce"]

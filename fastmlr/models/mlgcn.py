@@ -1,0 +1,190 @@
+"""ML-GCN: multi-label image recognition with graph convolutional networks.
+
+Chen, Wei, Wang, Guo, "Multi-Label Image Recognition with Graph Convolutional
+Networks", CVPR 2019. A peer of SRDL in the SRDL paper's table 3 (32.40 ms).
+
+The image side is the baseline's: ``x = GMP(backbone(I))`` (Tensor[N, D]).
+The label side turns label embeddings ``A0`` (Tensor[C, E]) into one classifier
+per category with a two-layer GCN over a label graph::
+
+    H1 = LeakyReLU_0.2(A_hat @ A0 @ W1)      W1: E x hidden (paper: 1024)
+    W  = A_hat @ H1 @ W2                     W2: hidden x D
+    logits = x @ W^T                         (Tensor[N, C]; no bias, as in the paper)
+
+The graph ``A_hat`` (Tensor[C, C]), fastmlr's choice, since a model is built
+before any dataset statistics exist:
+
+- ``adjacency=`` given (C x C co-occurrence *counts* ``M[i, j]`` = images with
+  both i and j, ``M[i, i]`` = images with i; or conditional *probabilities*
+  ``P[i, j] = P(j | i)``; counts are recognised by a value above 1): the
+  paper's correlation matrix (section 3.4). ``P`` is binarised at
+  ``tau`` (0.4), re-weighted so each row gives ``p`` (0.2) to its neighbours
+  together and ``1 - p`` to itself, then normalised ``D^-1/2 A D^-1/2``. It is
+  a fixed buffer, saved with the model.
+- otherwise: a learned adjacency, SRDL's :class:`~fastmlr.models.srdl.LabelGraph`
+  (a C x C parameter around a dominant self-loop, used as ``softmax(V, dim=1)``);
+  only its adjacency is used, since its square E x E layer weights cannot map
+  E -> hidden -> D. This departs from the paper, which never learns the graph:
+  pass ``adjacency`` for the paper's model.
+
+A checkpoint records which of the two was used (``config["fixed_adjacency"]``);
+rebuilding a fixed-graph model without ``adjacency`` makes a placeholder
+buffer that the checkpoint's state dict then fills.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._registry import register_model
+from .backbones import Backbone
+from .base import MLRModel
+from .srdl import LabelGraph
+
+
+def correlation_matrix(adjacency: Tensor, tau: float = 0.4, p: float = 0.2) -> Tensor:
+    """ML-GCN's re-weighted, binarised correlation matrix, normalised (paper eq. 7-8).
+
+    Args:
+        adjacency (Tensor[C, C]): co-occurrence counts (diagonal: occurrences of
+            each label) or conditional probabilities ``P[i, j] = P(L_j | L_i)``.
+        tau: binarisation threshold on ``P``.
+        p: total weight a node gives its neighbours (``1 - p`` stays on itself).
+    Returns:
+        ``D^-1/2 A' D^-1/2`` (Tensor[C, C], float32).
+    """
+    a = torch.as_tensor(adjacency, dtype=torch.float64)
+    if a.dim() != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"adjacency must be a square C x C matrix, got shape {tuple(a.shape)}")
+    if not torch.isfinite(a).all() or (a < 0).any():
+        raise ValueError("adjacency must hold non-negative finite co-occurrence counts or probabilities")
+    if not 0.0 <= tau <= 1.0 or not 0.0 <= p <= 1.0:
+        raise ValueError(f"tau and p must be in [0, 1], got tau={tau}, p={p}")
+    C = a.shape[0]
+    eye = torch.eye(C, dtype=torch.bool)
+    if (a > 1).any():  # counts: P(j | i) = M[i, j] / M[i, i]
+        occ = a.diagonal().clone()
+        prob = a / occ.clamp_min(1.0)[:, None]
+    else:
+        prob = a
+    binary = (prob >= tau) & ~eye
+    deg = binary.sum(dim=1, keepdim=True).to(torch.float64)
+    # Rows with no neighbour above tau keep all their weight on themselves.
+    off = torch.where(deg > 0, binary.to(torch.float64) * p / deg.clamp_min(1.0), torch.zeros_like(a))
+    self_w = torch.where(deg[:, 0] > 0, torch.full((C,), 1.0 - p, dtype=torch.float64), torch.ones(C, dtype=torch.float64))
+    a_re = off + torch.diag(self_w)
+    d = a_re.sum(dim=1).pow(-0.5)
+    return (d[:, None] * a_re * d[None, :]).to(torch.float32)
+
+
+class GraphConv(nn.Module):
+    """One GCN layer without its non-linearity: ``A_hat @ H @ W``. H (Tensor[C, in]) -> (Tensor[C, out])."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1 / math.sqrt(out_dim)
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim).uniform_(-bound, bound))
+
+    def forward(self, h: Tensor, adj: Tensor) -> Tensor:
+        return adj @ (h @ self.weight)
+
+
+class MLGCN(MLRModel):
+    """ML-GCN: GMP image features classified by GCN-generated per-category classifiers.
+
+    Args:
+        num_classes: C.
+        backbone: a name from ``fastmlr.models.backbones.BACKBONES``.
+        weights: ImageNet weights for the backbone (path, "imagenet" for packaged ones, None).
+        embeddings (Tensor[C, E] | None): label embeddings A0 (``fastmlr.labels``); random if None.
+        embed_dim: E when ``embeddings`` is None.
+        hidden: width of the GCN's hidden layer (paper: 1024).
+        adjacency (Tensor[C, C] | None): co-occurrence counts or probabilities (see the module
+            docstring); None learns the graph.
+        tau, p: the correlation matrix's threshold and re-weighting.
+        fixed_adjacency: set by checkpoints; True with no ``adjacency`` makes a placeholder graph.
+        backend: accepted like every model's, unused (no fastmlr.ops in this head).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet101",
+        weights: str | None = None,
+        embeddings: Tensor | None = None,
+        embed_dim: int = 300,
+        hidden: int = 1024,
+        adjacency: Tensor | None = None,
+        tau: float = 0.4,
+        p: float = 0.2,
+        fixed_adjacency: bool | None = None,
+        backend: str | None = None,
+    ):
+        if embeddings is not None:
+            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+            if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
+                raise ValueError(
+                    f"embeddings must be ({num_classes}, E) for {num_classes} classes, got {tuple(embeddings.shape)}"
+                )
+            embed_dim = embeddings.shape[1]
+        else:
+            warnings.warn("ML-GCN: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=3)
+            g = torch.Generator().manual_seed(0)
+            embeddings = torch.randn(num_classes, embed_dim, generator=g)
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if adjacency is not None:
+            adjacency = torch.as_tensor(adjacency)
+            if tuple(adjacency.shape) != (num_classes, num_classes):
+                raise ValueError(
+                    f"adjacency must be ({num_classes}, {num_classes}) for {num_classes} classes, "
+                    f"got {tuple(adjacency.shape)}"
+                )
+        fixed = adjacency is not None if fixed_adjacency is None else bool(fixed_adjacency)
+        if adjacency is not None and not fixed:
+            raise ValueError("fixed_adjacency=False contradicts the adjacency given (drop one of them)")
+        super().__init__(
+            num_classes,
+            dict(backbone=backbone, embed_dim=int(embed_dim), hidden=int(hidden), tau=float(tau), p=float(p),
+                 fixed_adjacency=fixed),
+        )
+        self.backend = backend
+        self.backbone = Backbone(backbone, weights)
+        D = self.backbone.out_channels
+        self.register_buffer("label_embeddings", embeddings.clone())
+        if fixed:
+            a_hat = correlation_matrix(adjacency, tau, p) if adjacency is not None else torch.eye(num_classes)
+            self.register_buffer("adjacency_hat", a_hat)
+            self.graph = None
+        else:
+            self.graph = LabelGraph(num_classes, int(embed_dim), layers=0)
+        self.gc1 = GraphConv(int(embed_dim), int(hidden))
+        self.gc2 = GraphConv(int(hidden), D)
+
+    def normalized_adjacency(self) -> Tensor:
+        """``A_hat`` (Tensor[C, C])."""
+        return self.adjacency_hat if self.graph is None else self.graph.normalized_adjacency()
+
+    def classifiers(self) -> Tensor:
+        """The GCN's output: one classifier per category, ``W`` (Tensor[C, D])."""
+        adj = self.normalized_adjacency()
+        h = F.leaky_relu(self.gc1(self.label_embeddings, adj), negative_slope=0.2)
+        return self.gc2(h, adj)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        x = feats.amax(dim=(2, 3))
+        return x @ self.classifiers().to(x.dtype).t()
+
+
+@register_model("mlgcn")
+def mlgcn(num_classes: int, **cfg) -> MLGCN:
+    return MLGCN(num_classes, **cfg)
