@@ -1,0 +1,175 @@
+"""Building TensorRT engines from fastmlr's fp16 ONNX graph (kept apart from :mod:`fastmlr.runtime`).
+
+The network is strongly typed: every tensor's type comes from the ONNX graph,
+so "fp16" means the fp16 graph :func:`fastmlr.export.export_onnx` writes
+(``fp16=True``), not a builder flag. TensorRT 11 removed ``BuilderFlag.FP16``
+and makes every network strongly typed (its ``STRONGLY_TYPED`` creation flag
+is kept, and ignored); TensorRT 10 needs the flag. This module sets it when
+the enum has it and never touches ``BuilderFlag.FP16`` or ``EXPLICIT_BATCH``,
+so one code path serves 10.x and 11.x.
+
+``tensorrt`` is imported only inside :func:`build_trt_engine`, and only
+after a GPU has been found: a TensorRT builder or runtime created without a
+GPU returns a bogus object and the process segfaults (shared/design/platform.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import sys
+
+from .checkpoint import atomic_write_bytes
+
+
+class TRTUnavailable(RuntimeError):
+    """No engine can be built here (no GPU, or TensorRT is not installed); the message says which."""
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version from package metadata, without importing it."""
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13_bindings", "tensorrt_cu12_bindings"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_available() -> tuple[bool, str]:
+    """(True, device name) if a CUDA device can be used, else (False, why). Never creates a TensorRT object.
+
+    Asks torch first; without torch's CUDA, cuda-python's ``cudaGetDeviceCount``
+    (which returns an error code, 35 without a driver, instead of crashing).
+    """
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True, torch.cuda.get_device_name(0)
+        torch_reason = "torch sees no CUDA device"
+    except ImportError:
+        torch_reason = "torch is not installed"
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python before 12.6 named the module so
+        except ImportError:
+            return False, f"{torch_reason}, and cuda-python is not installed"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        return False, f"{torch_reason}; cudaGetDeviceCount returned error {int(err)} with {count} device(s)"
+    return True, f"{count} CUDA device(s) via cuda-python"
+
+
+def import_tensorrt():
+    """Import TensorRT after checking for a GPU; raises :class:`TRTUnavailable` saying what is missing."""
+    ok, why = gpu_available()
+    if not ok:
+        raise TRTUnavailable(f"no NVIDIA GPU ({why}); TensorRT engines must be built on a GPU host")
+    try:
+        return importlib.import_module("tensorrt")
+    except ImportError as e:
+        raise TRTUnavailable(
+            f"TensorRT cannot be imported ({e}); install it from NVIDIA's index "
+            "(pip install tensorrt --extra-index-url https://pypi.nvidia.com)"
+        ) from e
+
+
+def network_flags(trt) -> int:
+    """Creation flags for ``Builder.create_network``: STRONGLY_TYPED where the enum still has it."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _read(path: str) -> bytes | None:
+    if path and os.path.exists(path):
+        with open(path, "rb") as fh:
+            return fh.read()
+    return None
+
+
+def build_trt_engine(
+    onnx_path: str,
+    engine_path: str,
+    *,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_gb: float = 4.0,
+    timing_cache: str | None = None,
+    sidecar: dict | None = None,
+    input_name: str = "images",
+    verbose: bool = False,
+) -> str:
+    """Build a strongly typed TensorRT engine from ``onnx_path`` and write it to ``engine_path``.
+
+    One optimisation profile covers batch sizes ``min_batch..max_batch``
+    (tuned for ``opt_batch``) at the graph's own C x H x W. ``timing_cache``
+    is read if it exists and rewritten after the build, so later builds on
+    the same GPU skip the timing they share. ``workspace_gb`` limits the
+    builder's scratch memory. The engine and its sidecar (``engine_path.json``,
+    from ``sidecar`` or the ONNX graph's sidecar) are written atomically.
+    Returns ``engine_path``. Raises :class:`TRTUnavailable` without a GPU or
+    TensorRT, ``RuntimeError`` when parsing or building fails.
+    """
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}")
+    if workspace_gb <= 0:
+        raise ValueError(f"--workspace-gb must be positive, got {workspace_gb}")
+    if not os.path.exists(onnx_path):
+        raise FileNotFoundError(f"ONNX graph {onnx_path} does not exist")
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as fh:
+        ok = parser.parse(fh.read())
+    if not ok:
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors or ["no error reported"]))
+
+    inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
+    if input_name not in inputs:
+        raise RuntimeError(f"{onnx_path}: expected an input named {input_name!r}, found {sorted(inputs)}")
+    chw = tuple(inputs[input_name].shape)[1:]
+    if any(int(d) < 0 for d in chw):
+        raise RuntimeError(f"{onnx_path}: input {input_name!r} must have a fixed C x H x W, found {tuple(inputs[input_name].shape)}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, (min_batch, *chw), (opt_batch, *chw), (max_batch, *chw))
+    config.add_optimization_profile(profile)
+    cache_bytes = _read(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_bytes or b"")
+    config.set_timing_cache(cache, False)  # False: a cache from another GPU/version is refused, not silently used
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    blob = bytes(serialized)
+    atomic_write_bytes(engine_path, lambda fh: fh.write(blob))
+    if timing_cache:
+        new_cache = bytes(config.get_timing_cache().serialize())
+        atomic_write_bytes(timing_cache, lambda fh: fh.write(new_cache))
+
+    from .export import sidecar_path, write_sidecar
+
+    if sidecar is None:
+        import json
+
+        with open(sidecar_path(onnx_path)) as fh:
+            sidecar = json.load(fh)
+    write_sidecar(
+        engine_path, {k: v for k, v in sidecar.items() if k not in ("artifact", "opset")},
+        artifact={"format": "tensorrt", "onnx": os.path.basename(onnx_path)}, precision="fp16",
+        batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        tensorrt={"version": getattr(trt, "__version__", None), "strongly_typed": True,
+                  "workspace_gb": workspace_gb, "timing_cache": timing_cache},
+    )
+    print(f"TensorRT {getattr(trt, '__version__', '?')}: engine {engine_path} ({len(blob)} bytes)", file=sys.stderr)
+    return engine_path

@@ -1,0 +1,49 @@
+"""ONNX Runtime runner: TensorRT, CUDA or CPU execution provider, whichever this machine can use."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from . import Runner
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def choose_providers(available: list[str], device: str | None, has_gpu: bool) -> list[str]:
+    """Execution providers in preference order for ``device`` (None: best available; "cpu"; "cuda")."""
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    gpu = [p for p in _GPU_PROVIDERS if p in available] if has_gpu and device != "cpu" else []
+    if device == "cuda" and not gpu:
+        why = "no NVIDIA GPU is present" if not has_gpu else f"onnxruntime offers only {available}"
+        raise RuntimeError(f"device='cuda' was asked for, but {why} (pip install onnxruntime-gpu on a GPU host)")
+    return gpu + ["CPUExecutionProvider"]
+
+
+class OnnxRunner(Runner):
+    def __init__(self, path: str, sidecar: dict, device: str | None = None, threads: int | None = None):
+        super().__init__(path, sidecar)
+        import onnxruntime as ort
+
+        from ..export_trt import gpu_available
+
+        available = ort.get_available_providers()
+        has_gpu = gpu_available()[0] if any(p in available for p in _GPU_PROVIDERS) else False
+        providers = choose_providers(available, device, has_gpu)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        used = self.session.get_providers()
+        if used[0] != providers[0]:
+            print(f"fastmlr.runtime: {providers[0]} could not start for {path}; running on {used[0]}", file=sys.stderr)
+        self.provider = f"onnxruntime:{used[0]}"
+        self._input = self.session.get_inputs()[0].name
+
+    def _run(self, x: torch.Tensor):
+        logits, probs = self.session.run(["logits", "probs"], {self._input: np.ascontiguousarray(x.numpy())})
+        return torch.from_numpy(logits), torch.from_numpy(probs)
