@@ -29,8 +29,9 @@ _INTERPRET_POOL = dict(BLOCK_C=16, BLOCK_K=16, BLOCK_P=16)
 _INTERPRET_POOL_BWD = dict(BLOCK_C=16, BLOCK_K=32)
 
 # GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so
-# the 3-D tile (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements (32-64
-# registers a thread at 4 warps); which shape wins depends on C, P, D.
+# the 3-D tile (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which
+# shape wins depends on C, P, D. Each config compiles for sm_90 to <= 128
+# registers a thread without spills (ptxas -v, fp32) for the forward and du.
 _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=8), num_warps=4),
@@ -38,8 +39,16 @@ _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=32, BLOCK_P=64, BLOCK_K=8), num_warps=8),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=16), num_warps=8),
 ]
-# Pooling is bound by loads of f (along P) and ca (along D): one config.
-_POOL_GPU = dict(BLOCK_C=16, BLOCK_K=32, BLOCK_P=16, num_warps=4)
+# dwc/ds carries two accumulators: larger tiles than these reach 170-240
+# registers (or spill) on sm_90.
+_SA_DW_CONFIGS = [
+    triton.Config(dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16), num_warps=4),
+    triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=8), num_warps=4),
+]
+# Pooling is bound by loads of f (along P) and ca (along D): one config. The
+# running max with its position doubles the tile's registers; 16 x 32 x 8
+# compiles to 128 registers on sm_90 where 16 x 32 x 16 needs 232.
+_POOL_GPU = dict(BLOCK_C=16, BLOCK_K=32, BLOCK_P=8, num_warps=4)
 # The pooling backward scatters with atomics: it must not be autotuned (each
 # benchmark run would add into the same buffers again).
 _POOL_BWD_GPU = dict(BLOCK_C=16, BLOCK_K=64, num_warps=4)
@@ -183,7 +192,7 @@ def _car_sa_bwd_dw_kernel(
 
 _sa_fwd = _maybe_autotune(_car_sa_fwd_kernel, _SA_CONFIGS, key=["C", "P", "D"])
 _sa_bwd_du = _maybe_autotune(_car_sa_bwd_du_kernel, _SA_CONFIGS, key=["C", "P", "D"])
-_sa_bwd_dw = _maybe_autotune(_car_sa_bwd_dw_kernel, _SA_CONFIGS, key=["C", "P", "D"])
+_sa_bwd_dw = _maybe_autotune(_car_sa_bwd_dw_kernel, _SA_DW_CONFIGS, key=["C", "P", "D"])
 
 
 def _check_contiguous(op: str, **ts: torch.Tensor) -> None:

@@ -400,12 +400,61 @@ def test_interpreter_backend_dispatch(monkeypatch):
         ops.oe_boxes(torch.rand(1, 1, 4, 129), backend="triton")
 
 
+def _ptxas() -> Path | None:
+    import triton
+
+    path = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
+    return path if path.exists() else None
+
+
+@pytest.mark.skipif(not TRITON_LOADED, reason=f"triton backend unavailable: {_UNAVAILABLE.get('triton')}")
+@pytest.mark.skipif(INTERPRET, reason="interpreted kernels are not compiled")
+@pytest.mark.skipif(TRITON_LOADED and _ptxas() is None, reason="triton ships no ptxas here")
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    """Ahead-of-time compile (Triton IR -> PTX -> cubin with Triton's ptxas) of every kernel with
+    its GPU settings (libdevice tanh, a config it autotunes over): catches what the interpreter
+    cannot, e.g. a libdevice call or a type the GPU backend rejects. Running them needs a GPU."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastmlr.kernels import car, oe
+
+    def compile_(fn, types, consts, num_warps=4):
+        sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                                options=dict(num_warps=num_warps))
+        assert ".entry " + fn.__name__ in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
+
+    for dt in ("fp32",):
+        io = {name: f"*{dt}" for name in ("u_ptr", "wc_ptr", "s_ptr", "b_ptr", "out_ptr", "du_ptr", "dwc_ptr",
+                                          "f_ptr", "sa_ptr", "ca_ptr", "g_ptr", "dca_ptr", "src_ptr", "dst_ptr",
+                                          "thr_ptr")}
+        io.update(dz_ptr="*fp32", dsc_ptr="*fp32", df_ptr="*fp32", dsa_ptr="*fp32", idx_ptr="*i32",
+                  box_ptr="*i64")
+        sa = dict(ACC=tl.float32, USE_LIBDEVICE=True, **car._SA_CONFIGS[0].kwargs)
+        compile_(car._car_sa_fwd_kernel, io, sa)
+        compile_(car._car_sa_bwd_du_kernel, io, sa)
+        compile_(car._car_sa_bwd_dw_kernel, io, dict(sa, **car._SA_DW_CONFIGS[0].kwargs))
+        pool = {k: v for k, v in car._POOL_GPU.items() if k != "num_warps"}
+        compile_(car._car_pool_fwd_kernel, {**io, "out_ptr": f"*{dt}"}, dict(ACC=tl.float32, **pool))
+        bwd = {k: v for k, v in car._POOL_BWD_GPU.items() if k != "num_warps"}
+        compile_(car._car_pool_bwd_kernel, io, dict(NEED_F=True, NEED_SA=True, NEED_CA=True, ACC=tl.float32, **bwd))
+        compile_(oe._oe_boxes_kernel, {**io, "out_ptr": "*i64"}, dict(BLOCK_H=16, BLOCK_W=16))
+        compile_(oe._oe_erase_kernel, io, dict(BLOCK=256))
+    # The box rule computes in the map's own dtype: bfloat16 arithmetic must lower too.
+    compile_(oe._oe_boxes_kernel, {"sa_ptr": "*bf16", "thr_ptr": "*bf16", "out_ptr": "*i64"}, dict(BLOCK_H=16, BLOCK_W=16))
+
+
 # ---------------------------------------------------------------------------
 # The interpreter subprocess
 # ---------------------------------------------------------------------------
 
 # Cases that are expected to skip inside the interpreter subprocess.
-_PARENT_ONLY = {"test_interpreter_cases", "test_triton_on_cpu_without_interpreter_raises_listing_backends"}
+_PARENT_ONLY = {"test_interpreter_cases", "test_triton_on_cpu_without_interpreter_raises_listing_backends",
+                "test_kernels_compile_for_sm90_without_a_gpu"}
 
 
 @pytest.mark.skipif(not TRITON_LOADED, reason=f"triton backend unavailable: {_UNAVAILABLE.get('triton')}")
