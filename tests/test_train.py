@@ -1,0 +1,150 @@
+"""Training, resume, evaluation and prediction end to end on tiny configurations of the built-in mosaics."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score
+
+from fakes import fmnist_root
+from fastmlr import evaluate, predict, train
+from fastmlr.checkpoint import load_checkpoint, model_from_checkpoint
+from fastmlr.data import FashionMosaics, load_image
+
+warnings.filterwarnings("ignore", message=".*random")
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    return fmnist_root(tmp_path_factory)
+
+
+def targs(out, fmnist, *extra, model="srdl", epochs=2):
+    return [
+        "--model", model, "--backbone", "resnet18", "--weights", "none", "--data", "mosaics",
+        "--data-root", fmnist, "--train-size", "48", "--val-size", "32", "--image-size", "64",
+        "--epochs", str(epochs), "--batch-size", "8", "--lr", "1e-3", "--workers", "0",
+        "--out", str(out), "--no-progress", "--quiet", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fmnist):
+    out = tmp_path_factory.mktemp("run")
+    args = train.build_parser().parse_args(targs(out, fmnist, epochs=3))
+    return out, train.train(args)
+
+
+def test_training_loss_falls_and_files_are_written(trained):
+    out, res = trained
+    losses = [h["train_loss"] for h in res["history"]]
+    assert losses[-1] < losses[0], losses
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    ckpt = load_checkpoint(str(out / "last.pt"))
+    assert ckpt["epoch"] == 2 and ckpt["class_names"] == res["classes"]
+    assert ckpt["config"]["use_oe"] is True and "label_embeddings" in ckpt["state_dict"]
+    assert os.path.exists(out / "best.pt")
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_resume_gives_the_same_result(tmp_path, fmnist):
+    full = tmp_path / "full"
+    train.train(train.build_parser().parse_args(targs(full, fmnist, model="baseline")))
+    part = tmp_path / "part"
+    train.train(train.build_parser().parse_args(targs(part, fmnist, model="baseline", epochs=1)))
+    train.train(train.build_parser().parse_args(targs(part, fmnist, "--resume", model="baseline")))
+    a, b = load_checkpoint(str(full / "last.pt")), load_checkpoint(str(part / "last.pt"))
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0, msg=k)
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert [json.loads(x)["epoch"] for x in open(part / "log.jsonl")] == [1, 2]
+
+
+def test_resume_refuses_another_model(tmp_path, fmnist):
+    out = tmp_path / "r"
+    train.train(train.build_parser().parse_args(targs(out, fmnist, model="baseline", epochs=1)))
+    with pytest.raises(ValueError, match="holds model 'baseline', but 'srdl' was requested"):
+        train.train(train.build_parser().parse_args(targs(out, fmnist, "--resume", model="srdl")))
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.train(train.build_parser().parse_args(targs(tmp_path / "none", fmnist, "--resume")))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist, monkeypatch, capsys):
+    from fastmlr.models.base import MLRModel
+
+    out = tmp_path / "nan"
+    assert train.main(targs(out, fmnist, model="baseline", epochs=1)) == 0
+    before = (out / "last.pt").read_bytes()
+    real = MLRModel.loss
+    monkeypatch.setattr(MLRModel, "loss", lambda self, *a: real(self, *a) * float("nan"))
+    assert train.main(targs(out, fmnist, "--resume", model="baseline", epochs=2)) == 2
+    assert "loss became nan at epoch 2, step 1" in capsys.readouterr().err
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_evaluate_matches_sklearn(trained, fmnist, tmp_path):
+    out, _ = trained
+    js = tmp_path / "eval.json"
+    rc = evaluate.main(["--checkpoint", str(out / "last.pt"), "--data", "mosaics", "--data-root", fmnist,
+                        "--num-images", "32", "--workers", "0", "--json", str(js), "--no-progress"])
+    assert rc == 0
+    got = json.load(open(js))
+    model = model_from_checkpoint(str(out / "last.pt")).eval()
+    ds = FashionMosaics("val", num_images=32, image_size=64, seed=1, root=fmnist)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.stack([ds[i][1] for i in range(len(ds))]).numpy()
+    with torch.no_grad():
+        p = torch.sigmoid(model(x)).numpy()
+    aps = [average_precision_score(y[:, c], p[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
+    assert abs(got["mAP"] - float(np.mean(aps))) < 1e-6
+
+
+def test_evaluate_refuses_other_classes(trained, tmp_path, capsys):
+    out, _ = trained
+    img = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), "red").save(img)
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    (tmp_path / "val.jsonl").write_text(json.dumps({"image": "a.png", "labels": ["cat"]}) + "\n")
+    rc = evaluate.main(["--checkpoint", str(out / "last.pt"), "--data", "list", "--data-root",
+                        str(tmp_path / "val.jsonl"), "--classes-file", str(tmp_path / "classes.txt"),
+                        "--workers", "0", "--no-progress"])
+    assert rc == 2
+    assert "10 classes in the checkpoint, 2 in the data" in capsys.readouterr().err
+
+
+def test_predict_scores_and_attention_figure(trained, fmnist, tmp_path, capsys):
+    out, res = trained
+    ds = FashionMosaics("val", num_images=4, image_size=64, seed=1, root=fmnist)
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"m{i}.png"
+        Image.fromarray(ds.render(i)).convert("RGB").save(p)
+        paths.append(str(p))
+    fig = tmp_path / "att.png"
+    rc = predict.main(["--checkpoint", str(out / "last.pt"), "--json", "--top", "10", "--attention-maps", str(fig),
+                       *paths])
+    assert rc == 0
+    results = json.loads(capsys.readouterr().out.split("attention maps written")[0])
+    model = model_from_checkpoint(str(out / "last.pt")).eval()
+    for r, path in zip(results, paths):
+        with torch.no_grad():
+            probs = torch.sigmoid(model(load_image(path, 64)[0][None]))[0]
+        for item in r["top"]:
+            assert abs(item["score"] - probs[res["classes"].index(item["label"])].item()) < 1e-4
+    im = Image.open(fig)
+    assert im.size[1] > im.size[0] / 4 * 2 - 1 and im.size[0] % 4 == 0  # 2 rows, 1 + top-3 columns
+
+
+def test_module_entry_points():
+    for mod in ("fastmlr.train", "fastmlr.evaluate", "fastmlr.predict"):
+        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "--checkpoint" in r.stdout or "--model" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "fastmlr", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--resume" in r.stdout
