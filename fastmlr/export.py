@@ -539,6 +539,7 @@ def write_triton_repo(repo: str, sidecar: dict, *, engine: str | None = None, on
         with open(src_side) as fh:
             side = json.load(fh)
     atomic_write_json(os.path.join(folder, "fastmlr.json"), {**side, "triton": {"name": name, "platform": platform}})
+    publish_mode(os.path.join(folder, "fastmlr.json"))
     return folder
 
 

@@ -59,8 +59,10 @@ def gpu_available() -> tuple[bool, str]:
         except ImportError:
             return False, f"{torch_reason}, and cuda-python is not installed"
     err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
-        return False, f"{torch_reason}; cudaGetDeviceCount returned error {int(err)} with {count} device(s)"
+    if int(err) != 0:
+        return False, f"{torch_reason}; cudaGetDeviceCount returned CUDA error {int(err)}"
+    if not count:
+        return False, f"{torch_reason}; cudaGetDeviceCount found no device"
     return True, f"{count} CUDA device(s) via cuda-python"
 
 
