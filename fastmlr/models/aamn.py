@@ -46,6 +46,15 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d_k)) v`` by PyTorch's fused attention, one head.
+
+    q (Tensor[N, L, d_k]), k (Tensor[N, S, d_k]), v (Tensor[N, S, d_v]) -> Tensor[N, L, d_v]. The head
+    axis is added because the ONNX exporter translates only 4-D scaled_dot_product_attention.
+    """
+    return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+
+
 def projection(in_channels: int, out_channels: int) -> nn.Sequential:
     """1x1 conv + BN + ReLU: the extra layer each head puts on a backbone map (and baseline_cm copies)."""
     return nn.Sequential(
@@ -68,7 +77,7 @@ class ChannelRelation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         N, d, H, W = x.shape
         f = x.flatten(2)  # N, d, P: channels are the sequence, positions the embedding
-        mixed = F.scaled_dot_product_attention(f, f, f)
+        mixed = attention(f, f, f)
         return x + self.gamma * mixed.reshape(N, d, H, W)
 
 
@@ -111,7 +120,7 @@ class SpatialRelation(nn.Module):
             q = self.query(x).flatten(2).transpose(1, 2)  # N, P, d_k
             k = self.key(x).flatten(2).transpose(1, 2)
             v = x.flatten(2).transpose(1, 2)  # N, P, d
-            ctx = F.scaled_dot_product_attention(q, k, v)  # N, P, d
+            ctx = attention(q, k, v)  # N, P, d
             x = x + self.beta * ctx.transpose(1, 2).reshape(N, d, H, W)
         return x
 
@@ -147,7 +156,7 @@ class CategoricalMemory(nn.Module):
         m = self.memory.to(x.dtype, copy=True)
         k = self.key(m).expand(N, -1, -1)  # N, C, d_k
         v = self.value(m).expand(N, -1, -1)  # N, C, d
-        read = F.scaled_dot_product_attention(q, k, v)  # N, P, d
+        read = attention(q, k, v)  # N, P, d
         return x + self.gamma * read.transpose(1, 2).reshape(N, d, H, W)
 
     @torch.no_grad()

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .. import ops
 from ._registry import register_model
-from .aamn import projection
+from .aamn import attention, projection
 from .backbones import Backbone
 from .base import MLRModel
 
@@ -125,7 +125,7 @@ class DynamicSemantic(nn.Module):
         N = z.shape[0]
         e = self.f_w(a0)[None].expand(N, -1, -1)  # N, C, d
         k = self.key(z).flatten(2).transpose(1, 2)  # N, P, d
-        return F.scaled_dot_product_attention(e, k, z.flatten(2).transpose(1, 2))  # N, C, d
+        return attention(e, k, z.flatten(2).transpose(1, 2))  # N, C, d
 
     def adjacency(self, v: Tensor) -> Tensor:
         """V (Tensor[N, C, d]) -> row-normalised A (Tensor[N, C, C])."""
