@@ -33,6 +33,13 @@ def _find_cuda_home():
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
 
 
+# -g0 drops the debug info that Python's CFLAGS ask for: with torch's headers it
+# doubles the object size and slows each compile noticeably. -fno-trapping-math
+# lets GCC if-convert the clamps and selects of the CPU kernels' inner loops so
+# they vectorise; it changes no result, only whether FP exceptions may trap.
+CXX_FLAGS = ["-O3", "-fopenmp", "-g0", "-fno-trapping-math"]
+
+
 def _extensions():
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
@@ -51,7 +58,7 @@ def _extensions():
             cpp + cu,
             include_dirs=[os.path.join(HERE, "csrc")],
             define_macros=[("FASTMLR_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     else:
@@ -61,7 +68,7 @@ def _extensions():
             "fastmlr._C",
             cpp,
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": ["-O3", "-fopenmp"]},
+            extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

@@ -250,6 +250,15 @@ def test_oe_boxes_rule(dtype, alpha):
         assert torch.equal(got, reference.oe_boxes_ref(sa, alpha)), f"{name}: cpp differs from reference"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_oe_boxes_low_precision_matches_reference(dtype):
+    # The normalisation is rounded to the map's dtype at each step, as the reference's ops round it.
+    g = torch.Generator().manual_seed(11)
+    for sa in [*_oe_cases(dtype).values(), torch.rand(4, 3, 14, 14, generator=g).to(dtype)]:
+        for alpha in (0.5, 0.3, 0.7):
+            assert torch.equal(ops.oe_boxes(sa, alpha, backend="cpp"), reference.oe_boxes_ref(sa, alpha))
+
+
 def test_oe_boxes_expected_rectangles():
     # Hand-derived from the rule, independent of any implementation.
     cases = _oe_cases(torch.float32)

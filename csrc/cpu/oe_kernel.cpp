@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "car_math.h"
@@ -12,6 +13,10 @@
 
 namespace fastmlr {
 namespace {
+
+// Maps per task: whole small batches (e.g. 16 x 3 maps of 14 x 14) run inline
+// on the calling thread, since waking the thread pool costs far more than them.
+inline int64_t map_grain(int64_t H, int64_t W) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, H * W)); }
 
 at::Tensor oe_boxes_cpu(const at::Tensor& sa_, double alpha) {
   check_maps("oe_boxes", sa_);
@@ -25,7 +30,7 @@ at::Tensor oe_boxes_cpu(const at::Tensor& sa_, double alpha) {
     using op_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     int64_t* bp = boxes.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, N * K, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> mx(W), my(H);
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* map = sp + m * H * W;
@@ -69,7 +74,7 @@ at::Tensor oe_erase_cpu(const at::Tensor& sa_, const at::Tensor& boxes_) {
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     const int64_t* bp = boxes.const_data_ptr<int64_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * K, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
         const int64_t* box = bp + m * 4;
         for (int64_t y = 0; y < H; ++y) {
