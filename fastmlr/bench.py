@@ -430,7 +430,8 @@ def run_cell(spec: dict) -> dict:
 
 
 def run_cell_isolated(spec: dict) -> dict:
-    """run_cell in a fresh interpreter, so the resident-set peak is this cell's alone."""
+    """run_cell (or run_train_cell, for a spec with ``ops_backend``) in a fresh interpreter, so the
+    resident-set peak is this cell's alone."""
     with tempfile.TemporaryDirectory() as tmp:
         sp, op = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(sp, "w") as fh:
@@ -439,9 +440,11 @@ def run_cell_isolated(spec: dict) -> dict:
                               capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(op):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
+            reason = f"cell process exited with {proc.returncode}: {' '.join(tail)[:300]}"
+            if "ops_backend" in spec:
+                return {"model": spec["model"], "ops_backend": spec["ops_backend"], "status": "failed", "reason": reason}
             return {"model": spec["model"], "backend": spec["backend"], "label": BACKENDS[spec["backend"]].label,
-                    "batches": {}, "status": "failed",
-                    "reason": f"cell process exited with {proc.returncode}: {' '.join(tail)[:300]}"}
+                    "batches": {}, "status": "failed", "reason": reason}
         with open(op) as fh:
             return json.load(fh)
 
@@ -468,6 +471,8 @@ def _set_ops_backend(model: torch.nn.Module, backend: str) -> None:
 def run_train_cell(spec: dict) -> dict:
     """Forward+backward (forward_train, loss, backward; no optimiser step) images/s and peak memory."""
     device = torch.device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
     cell = {"model": spec["model"], "ops_backend": spec["ops_backend"]}
     try:
         model = _build_model(spec["model"], spec["num_classes"], spec["backbone"]).to(device).train()
@@ -611,11 +616,14 @@ def format_markdown(result: dict) -> str:
                     row.append("-" if c is None else c["status"])
                 else:
                     st = c["batches"][k]
-                    row.append(f"{st['images_per_s']:.2f} img/s, {st['peak_mem_mb']:.0f} MB")
+                    inc = f" (+{st['rss_increase_mb']:.0f})" if "rss_increase_mb" in st else ""
+                    row.append(f"{st['images_per_s']:.2f} img/s, {st['peak_mem_mb']:.0f}{inc} MB")
             lines.append("| " + " | ".join(row) + " |")
     mem_kinds = sorted({st["mem_kind"] for c in result["cells"] for st in c.get("batches", {}).values()})
     if mem_kinds:
-        lines += ["", "Peak memory: " + "; ".join(mem_kinds) + "."]
+        lines += ["", "Peak memory: " + "; ".join(mem_kinds) + "; on the CPU, (+N) is its rise over the resident "
+                  "set when timing began" + (" (cells share one process: earlier cells' memory is included)"
+                                              if not cfg["isolate"] else "") + "."]
     if "train" in result:
         tr = result["train"]
         lines += ["", f"## Training forward+backward, batch {tr['batch']}: images/s, peak MB "
@@ -633,7 +641,8 @@ def format_markdown(result: dict) -> str:
                 elif c is None or c["status"] != "ok":
                     row.append("-" if c is None else f"failed {note(name + ' / train ' + ob + ': ' + c['reason'])}")
                 else:
-                    row.append(f"{c['images_per_s']:.2f} img/s, {c['peak_mem_mb']:.0f} MB")
+                    inc = f" (+{c['rss_increase_mb']:.0f})" if "rss_increase_mb" in c else ""
+                    row.append(f"{c['images_per_s']:.2f} img/s, {c['peak_mem_mb']:.0f}{inc} MB")
                     pair.append(c["images_per_s"])
             row.append(f"x{pair[1] / pair[0]:.2f}" if len(pair) == 2 else "-")
             lines.append("| " + " | ".join(row) + " |")
@@ -805,9 +814,9 @@ def run(args) -> dict:
                     bar.set_postfix_str(f"train {model} / {ob}")
                     if ob is not None:
                         spec = {k: cfg[k] for k in ("backbone", "image_size", "num_classes", "device",
-                                                    "train_batch_size")}
+                                                    "train_batch_size", "threads")}
                         spec.update(model=model, ops_backend=ob, train_iters=max(2, min(cfg["iters"], 10)))
-                        tr["cells"].append(run_train_cell(spec))
+                        tr["cells"].append(run_cell_isolated(spec) if cfg["isolate"] else run_train_cell(spec))
                     bar.update(1)
             result["train"] = tr
     finally:
@@ -838,7 +847,7 @@ def main(argv=None) -> int:
     if args._cell:
         with open(args._cell) as fh:
             spec = json.load(fh)
-        cell = run_cell(spec)
+        cell = run_train_cell(spec) if "ops_backend" in spec else run_cell(spec)
         with open(args._cell_out, "w") as fh:
             json.dump(cell, fh)
         return 0
