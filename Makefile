@@ -50,6 +50,7 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/python -m fastmlr.demo
+	$(BIN)/python -m fastmlr.bench --quick --out runs/demo/bench
 
 bench: setup
 	$(BIN)/python -m fastmlr.bench
