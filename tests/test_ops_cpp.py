@@ -50,7 +50,9 @@ def _car_inputs(N, C, P, D, dtype, device="cpu", seed=0):
 
 def _close(actual, expected, dtype, what):
     atol, rtol = TOL[dtype]
-    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.double().cpu(), expected.double().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _leaves(*ts):
@@ -404,7 +406,8 @@ def test_torch_check_messages():
         OPS.car_pool(f, sa.double(), torch.rand(2, 3, 7))
     with pytest.raises(RuntimeError, match=r"car_spatial_attention: s must have shape \[D\] = \[5\], got \[4\]"):
         OPS.car_spatial_attention(torch.rand(2, 7, 5), torch.rand(3, 5), torch.rand(4), torch.rand(()))
-    with pytest.raises(RuntimeError, match=r"car_spatial_attention: u must have shape \[N, P, D\] \(3 dims\), got \[7, 5\]"):
+    msg = r"car_spatial_attention: u must have shape \[N, P, D\] \(3 dims\), got \[7, 5\]"
+    with pytest.raises(RuntimeError, match=msg):
         OPS.car_spatial_attention(torch.rand(7, 5), torch.rand(3, 5), torch.rand(5), torch.rand(()))
     with pytest.raises(RuntimeError, match=r"oe_erase: boxes must be int64, got Int"):
         OPS.oe_erase(torch.rand(1, 2, 3, 3), torch.zeros(1, 2, 4, dtype=torch.int32))
