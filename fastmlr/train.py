@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(mobilenet_v2), or 'none' (default: 'imagenet' when packaged, else none)",
     )
     a.add_argument("--embeddings", default="random", help="label embedding source (see fastmlr.labels)")
-    a.add_argument("--ablation", default=None, help="SRDL ablation preset: car, car_no_gcn, car_no_ca, car_no_sa, car_oe")
+    a.add_argument(
+        "--ablation", default=None,
+        help="ablation preset of the model (SRDL: car, car_no_gcn, car_no_ca, car_no_sa, car_oe; "
+        "AAMN/MMDSR: see docs/models/)",
+    )
     a.add_argument("--no-oe", action="store_true", help="SRDL without object erasing")
     a.add_argument("--oe-k", type=int, default=3)
     a.add_argument("--oe-alpha", type=float, default=0.5)
@@ -182,33 +186,25 @@ def _resolve_weights(args) -> str | None:
     return "imagenet" if offline_imagenet_weights(args.backbone) else None
 
 
-def _takes_embeddings(model: str) -> bool:
-    """Whether the model's constructor takes label embeddings (read from the factory's return type)."""
-    import inspect
-    import typing
-
-    from .models._registry import _MODELS
-
-    fn = _MODELS.get(model)
-    if fn is None:
-        return False
-    params = inspect.signature(fn).parameters
-    if "embeddings" in params:
-        return True
-    cls = typing.get_type_hints(fn).get("return")
-    return isinstance(cls, type) and "embeddings" in inspect.signature(cls.__init__).parameters
-
-
 def _model_cfg(args, classes) -> dict:
+    from .models import model_info
+
+    info = model_info(args.model)
     cfg = dict(backbone=args.backbone, weights=_resolve_weights(args), backend=args.backend)
-    if _takes_embeddings(args.model):
+    if info.label_embeddings:
         from .labels import load_embeddings
 
         cfg["embeddings"] = load_embeddings(list(classes), args.embeddings)
+    if args.ablation is not None:
+        if not info.ablations:
+            raise SystemExit(f"--ablation {args.ablation}: model {args.model!r} has no ablation presets")
+        cfg["ablation"] = args.ablation
     if args.model == "srdl":
-        cfg.update(oe_k=args.oe_k, oe_alpha=args.oe_alpha, ablation=args.ablation)
+        cfg.update(oe_k=args.oe_k, oe_alpha=args.oe_alpha)
         if args.no_oe:
             cfg["use_oe"] = False
+    elif args.no_oe:
+        raise SystemExit(f"--no-oe: object erasing is SRDL's; model {args.model!r} has none")
     return cfg
 
 

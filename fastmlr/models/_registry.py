@@ -1,21 +1,35 @@
-"""Model registry: ``register_model`` and ``create_model(name, num_classes, **cfg)`` (timm style)."""
+"""Model registry: ``register_model`` and ``create_model(name, num_classes, **cfg)`` (timm style).
+
+Each entry also says what the commands must give the model: whether it takes
+label embeddings, and which ablation presets it knows.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch.nn as nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    factory: Callable[..., nn.Module]
+    label_embeddings: bool = False  # the factory takes ``embeddings`` (Tensor[C, E])
+    ablations: dict = field(default_factory=dict)  # preset name -> switches, passed as ``ablation=``
 
 
-def register_model(name: str):
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, label_embeddings: bool = False, ablations: dict | None = None):
     """Decorator: register ``fn(num_classes, **cfg) -> nn.Module`` under ``name``."""
 
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
+        _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}))
         return fn
 
     return deco
@@ -25,12 +39,17 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int, **cfg) -> nn.Module:
-    """Build a registered model. Unknown names raise ``ValueError`` listing the known ones."""
+def model_info(name: str) -> ModelInfo:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def create_model(name: str, num_classes: int, **cfg) -> nn.Module:
+    """Build a registered model. Unknown names raise ``ValueError`` listing the known ones."""
+    info = model_info(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    model = _MODELS[name](int(num_classes), **cfg)
+    model = info.factory(int(num_classes), **cfg)
     model.model_name = name
     return model

@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
-from .base import MLRModel, masked_bce
+from .base import MLRModel, apply_ablation, masked_bce
 
 # Ablations: each module off in turn, and all off (= the capacity-matched baseline plus nothing).
 ABLATIONS: dict[str, dict] = {
@@ -215,13 +215,8 @@ class AAMN(MLRModel):
         backend: str | None = None,
         ablation: str | None = None,
     ):
-        if ablation is not None:
-            if ablation not in ABLATIONS:
-                raise ValueError(f"unknown AAMN ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-            preset = ABLATIONS[ablation]
-            use_memory = preset.get("use_memory", use_memory)
-            use_cre = preset.get("use_cre", use_cre)
-            use_sre = preset.get("use_sre", use_sre)
+        sw = apply_ablation("AAMN", ABLATIONS, ablation, use_memory=use_memory, use_cre=use_cre, use_sre=use_sre)
+        use_memory, use_cre, use_sre = sw["use_memory"], sw["use_cre"], sw["use_sre"]
         if use_sre and not (use_second_order or use_nonlocal):
             raise ValueError("AAMN: use_sre needs use_second_order or use_nonlocal (both are off)")
         for name, val in (("dim", dim), ("sop_dim", sop_dim), ("key_dim", key_dim)):
@@ -279,6 +274,6 @@ class AAMN(MLRModel):
         return masked_bce(out["logits"], targets, ignore)
 
 
-@register_model("aamn")
+@register_model("aamn", ablations=ABLATIONS)
 def aamn(num_classes: int, **cfg) -> AAMN:
     return AAMN(num_classes, **cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,6 +21,33 @@ def masked_bce(logits: Tensor, targets: Tensor, ignore: Tensor | None = None) ->
     if ignore is not None:
         loss = loss.masked_fill(ignore, 0.0)
     return loss.sum(dim=1).mean()
+
+
+def label_embeddings_or_random(model: str, embeddings, num_classes: int, embed_dim: int, warn: bool = True) -> Tensor:
+    """Validate label embeddings A0 (Tensor[C, E]); None gives seeded random ones (with one warning)."""
+    if embeddings is not None:
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+        if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
+            raise ValueError(
+                f"{model}: embeddings must be ({num_classes}, E) for {num_classes} classes, "
+                f"got {tuple(embeddings.shape)}"
+            )
+        return embeddings
+    if warn:
+        warnings.warn(f"{model}: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=4)
+    return torch.randn(num_classes, int(embed_dim), generator=torch.Generator().manual_seed(0))
+
+
+def apply_ablation(model: str, presets: dict[str, dict], ablation: str | None, **switches: bool) -> dict[str, bool]:
+    """The module switches after an ablation preset (a name of ``presets``) overrides those it names."""
+    if ablation is None:
+        return switches
+    if ablation not in presets:
+        raise ValueError(f"unknown {model} ablation {ablation!r}; known: {', '.join(presets)}")
+    unknown = set(presets[ablation]) - set(switches)
+    if unknown:
+        raise ValueError(f"{model} ablation {ablation!r} names unknown switches {sorted(unknown)}")
+    return {**switches, **presets[ablation]}
 
 
 class MLRModel(nn.Module):

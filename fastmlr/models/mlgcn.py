@@ -35,7 +35,6 @@ buffer that the checkpoint's state dict then fills.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn as nn
@@ -44,7 +43,7 @@ from torch import Tensor
 
 from ._registry import register_model
 from .backbones import Backbone
-from .base import MLRModel
+from .base import MLRModel, label_embeddings_or_random
 from .srdl import LabelGraph
 
 
@@ -126,17 +125,8 @@ class MLGCN(MLRModel):
         fixed_adjacency: bool | None = None,
         backend: str | None = None,
     ):
-        if embeddings is not None:
-            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
-            if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
-                raise ValueError(
-                    f"embeddings must be ({num_classes}, E) for {num_classes} classes, got {tuple(embeddings.shape)}"
-                )
-            embed_dim = embeddings.shape[1]
-        else:
-            warnings.warn("ML-GCN: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=3)
-            g = torch.Generator().manual_seed(0)
-            embeddings = torch.randn(num_classes, embed_dim, generator=g)
+        embeddings = label_embeddings_or_random("ML-GCN", embeddings, num_classes, embed_dim)
+        embed_dim = embeddings.shape[1]
         if hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {hidden}")
         if adjacency is not None:
@@ -185,6 +175,6 @@ class MLGCN(MLRModel):
         return x @ self.classifiers().to(x.dtype).t()
 
 
-@register_model("mlgcn")
+@register_model("mlgcn", label_embeddings=True)
 def mlgcn(num_classes: int, **cfg) -> MLGCN:
     return MLGCN(num_classes, **cfg)

@@ -24,7 +24,6 @@ channels and brought to the stride-16 grid (P = H*W positions):
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn as nn
@@ -35,7 +34,7 @@ from .. import ops
 from ._registry import register_model
 from .aamn import attention, projection
 from .backbones import Backbone
-from .base import MLRModel
+from .base import MLRModel, apply_ablation, label_embeddings_or_random
 
 ABLATIONS: dict[str, dict] = {
     "no_mfr": dict(use_mfr=False),
@@ -178,29 +177,15 @@ class MMDSR(MLRModel):
         backend: str | None = None,
         ablation: str | None = None,
     ):
-        if ablation is not None:
-            if ablation not in ABLATIONS:
-                raise ValueError(f"unknown MMDSR ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-            preset = ABLATIONS[ablation]
-            use_mfr = preset.get("use_mfr", use_mfr)
-            use_cdca = preset.get("use_cdca", use_cdca)
-            use_dsr = preset.get("use_dsr", use_dsr)
-            use_graph = preset.get("use_graph", use_graph)
+        sw = apply_ablation("MMDSR", ABLATIONS, ablation, use_mfr=use_mfr, use_cdca=use_cdca, use_dsr=use_dsr,
+                            use_graph=use_graph)
+        use_mfr, use_cdca, use_dsr, use_graph = sw["use_mfr"], sw["use_cdca"], sw["use_dsr"], sw["use_graph"]
         if int(perspectives) < 1:
             raise ValueError(f"MMDSR: perspectives must be >= 1, got {perspectives}")
         if int(gcn_layers) < 0:
             raise ValueError(f"MMDSR: gcn_layers must be >= 0, got {gcn_layers}")
-        if embeddings is not None:
-            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
-            if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
-                raise ValueError(
-                    f"embeddings must be ({num_classes}, E) for {num_classes} classes, got {tuple(embeddings.shape)}"
-                )
-            embed_dim = embeddings.shape[1]
-        elif use_dsr:
-            warnings.warn("MMDSR: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=3)
-        if embeddings is None:
-            embeddings = torch.randn(num_classes, embed_dim, generator=torch.Generator().manual_seed(0))
+        embeddings = label_embeddings_or_random("MMDSR", embeddings, num_classes, embed_dim, warn=use_dsr)
+        embed_dim = embeddings.shape[1]
         super().__init__(
             num_classes,
             dict(backbone=backbone, embed_dim=int(embed_dim), dim=int(dim), use_mfr=use_mfr, use_cdca=use_cdca,
@@ -264,6 +249,6 @@ class MMDSR(MLRModel):
         return a.reshape(z.shape[0], -1, *z.shape[2:])
 
 
-@register_model("mmdsr")
+@register_model("mmdsr", label_embeddings=True, ablations=ABLATIONS)
 def mmdsr(num_classes: int, **cfg) -> MMDSR:
     return MMDSR(num_classes, **cfg)

@@ -16,7 +16,6 @@ implementation runs (reference, C++/CUDA, Triton) never changes the model.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn as nn
@@ -26,7 +25,7 @@ from torch import Tensor
 from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
-from .base import MLRModel, masked_bce
+from .base import MLRModel, apply_ablation, label_embeddings_or_random, masked_bce
 
 # Paper tables 5 and 6, each a configuration of the one model.
 ABLATIONS: dict[str, dict] = {
@@ -98,14 +97,8 @@ class SRDL(MLRModel):
         backend: str | None = None,
         ablation: str | None = None,
     ):
-        if ablation is not None:
-            if ablation not in ABLATIONS:
-                raise ValueError(f"unknown SRDL ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-            preset = ABLATIONS[ablation]
-            use_gcn = preset.get("use_gcn", use_gcn)
-            use_ca = preset.get("use_ca", use_ca)
-            use_sa = preset.get("use_sa", use_sa)
-            use_oe = preset.get("use_oe", use_oe)
+        sw = apply_ablation("SRDL", ABLATIONS, ablation, use_gcn=use_gcn, use_ca=use_ca, use_sa=use_sa, use_oe=use_oe)
+        use_gcn, use_ca, use_sa, use_oe = sw["use_gcn"], sw["use_ca"], sw["use_sa"], sw["use_oe"]
         if not (use_ca or use_sa):
             raise ValueError("SRDL needs channel or spatial attention (use_ca and use_sa are both off)")
         if use_oe and not use_sa:
@@ -114,17 +107,8 @@ class SRDL(MLRModel):
             raise ValueError(f"oe_alpha must be in (0, 1], got {oe_alpha}")
         if oe_k < 1:
             raise ValueError(f"oe_k must be >= 1, got {oe_k}")
-        if embeddings is not None:
-            embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
-            if embeddings.dim() != 2 or embeddings.shape[0] != num_classes:
-                raise ValueError(
-                    f"embeddings must be ({num_classes}, E) for {num_classes} classes, got {tuple(embeddings.shape)}"
-                )
-            embed_dim = embeddings.shape[1]
-        else:
-            warnings.warn("SRDL: no label embeddings given; using random ones (see fastmlr.labels)", stacklevel=3)
-            g = torch.Generator().manual_seed(0)
-            embeddings = torch.randn(num_classes, embed_dim, generator=g)
+        embeddings = label_embeddings_or_random("SRDL", embeddings, num_classes, embed_dim)
+        embed_dim = embeddings.shape[1]
         super().__init__(
             num_classes,
             dict(
@@ -230,6 +214,6 @@ class SRDL(MLRModel):
         return out["sa"].reshape(out["sa"].shape[0], -1, H, W)
 
 
-@register_model("srdl")
+@register_model("srdl", label_embeddings=True, ablations=ABLATIONS)
 def srdl(num_classes: int, **cfg) -> SRDL:
     return SRDL(num_classes, **cfg)
