@@ -13,7 +13,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0
 export MAX_JOBS ?= 2
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: all setup test test-fast demo bench clean data
+.PHONY: all setup test test-fast demo bench bench-ops clean data
 
 all: setup
 
@@ -54,6 +54,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m fastmlr.bench
+
+# Issue 3's op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
+bench-ops: setup
+	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider \
+	    --benchmark-json=benchmarks/results/pytest-benchmark.json
 
 clean:
 	rm -rf build *.egg-info fastmlr/*.so runs
