@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fastmlr.kernels import car, oe
+from fastmlr.kernels import car, mlr_extra, oe
 from fastmlr.kernels.utils import INTERPRET
 
 from ._dispatch import Backend, register_backend
@@ -51,6 +51,8 @@ register_backend(
             "car_pool": car.car_pool,
             "oe_boxes": oe.oe_boxes,
             "oe_erase": oe.oe_erase,
+            "second_order_pool": mlr_extra.second_order_pool,
+            "multi_perspective_cosine": mlr_extra.multi_perspective_cosine,
         },
         priority={"cuda": 10, "cpu": 90},
         why_not=_why_not,
