@@ -104,3 +104,13 @@ def test_dispatch_lists_every_backend_when_refusing(monkeypatch):
     monkeypatch.setenv("FASTMLR_BACKEND", "reference")
     torch.testing.assert_close(ops.car_spatial_attention(u, wc, s, b), reference.car_spatial_attention_ref(u, wc, s, b))
     assert "reference" in ops.available_backends("cpu")
+
+
+def test_ops_report_lists_runs_and_refusals():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fastmlr.ops"], capture_output=True, text=True, check=True).stdout
+    for op in ops.OPS:
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(op + ":"))
+        assert "reference" in line.split(";")[0], line
