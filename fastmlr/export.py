@@ -372,10 +372,19 @@ def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = Fa
     sets = {"random": _example(image_size, min(3, max_batch))}
     if real is not None:
         sets["real"] = real[:max_batch]
+    torch_half = InferenceGraph(model, fp16=True) if fp16 else None
+    own = {}
     for name, x in sets.items():
         logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
-        diffs[name] = _max_diff(probs, _torch_probs(model, x))
+        ref = _torch_probs(model, x)
+        diffs[name] = _max_diff(probs, ref)
+        if torch_half is not None:
+            # PyTorch's own fp16 error on the same images: what fp16 costs this network, whatever the runtime.
+            with torch.no_grad():
+                own[name] = _max_diff(torch_half(x)[1].numpy(), ref)
     rep["max_abs_diff"] = diffs
+    if own:
+        rep["torch_fp16_max_abs_diff"] = own
     rep["ok"] = (rep["checker"] == "passed" and not rep["not_in_tensorrt"]
                  and rep["opset"] is not None and rep["opset"] >= 17
                  and all(d <= rep["tolerance"] for d in diffs.values()))
@@ -670,6 +679,9 @@ def format_report(rep: dict) -> str:
     if "max_abs_diff" in rep:
         d = ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_diff"].items())
         lines.append(f"    max |p - p_torch|: {d} (tolerance {rep['tolerance']:.0e})")
+    if "torch_fp16_max_abs_diff" in rep:
+        d = ", ".join(f"{k} {v:.2e}" for k, v in rep["torch_fp16_max_abs_diff"].items())
+        lines.append(f"    for comparison, PyTorch's own fp16 forward vs fp32: {d}")
     if "mAP" in rep:
         m = rep["mAP"]
         lines.append("    mAP on %d validation mosaics: %s; fp16 - fp32 = %+.3f points (limit %.1f)" % (
