@@ -2,14 +2,15 @@
 
     python benchmarks/_peak.py car-fwd|car-fwdbwd|oe BACKEND
 
-Each workload runs in its own process because ``ru_maxrss`` is a per-process
-high-water mark; the figure is the peak minus the resident size once the
-inputs exist.
+Each workload runs in its own process and reads its own high-water mark,
+``VmHWM`` of /proc/self/status (``ru_maxrss`` would not do: Linux carries
+the parent's peak into a forked child, so a child of a process that already
+ran the reference reports nothing). The figure is the peak minus the
+resident size once the inputs exist.
 """
 
 import json
 import os
-import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -17,7 +18,11 @@ import workloads  # noqa: E402
 
 
 def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def pytest_terminal_summary(terminalreporter):
         speed = f"{base['median_ms'] / r['median_ms']:.1f}x faster" if base and r is not base else ""
         mem = ""
         if base and r is not base and r["peak_mib"] is not None and base["peak_mib"] is not None:
-            # ru_maxrss moves in pages: below a MiB the ratio is noise.
+            # below a MiB the ratio is page-granularity noise.
             mem = (f"{base['peak_mib'] / max(r['peak_mib'], 1.0):.0f}x less" if base["peak_mib"] >= 1
                    else "both below 1 MiB")
         peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
