@@ -4,8 +4,8 @@ Trains the baseline (GMP + linear) and SRDL on the built-in Fashion-MNIST
 mosaics with the same backbone (MobileNetV2, ImageNet weights from the offline
 package), budget and seed, evaluates both on the validation mosaics, prints
 their metric tables side by side and draws SRDL's attention maps for a few
-validation images. With its defaults (96 px, 1500 mosaics, 3 epochs: about
-1.5 minutes a model on 2 idle cores) it reproduces seed 0 of docs/results.md.
+validation images. Its defaults (96 px, 1500 mosaics, 3 epochs: about 1.5
+minutes a model on 2 idle cores) are the budget of docs/results.md.
 """
 
 from __future__ import annotations
