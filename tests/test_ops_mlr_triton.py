@@ -13,10 +13,6 @@ axis, two or three blocks) or degenerate (C = 1, D = 1, P = 1, K = 1).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -28,6 +24,7 @@ import fastmlr.ops as ops  # noqa: E402
 from fastmlr.ops import reference  # noqa: E402
 from fastmlr.ops._dispatch import _UNAVAILABLE  # noqa: E402
 from test_ops_mlr import naive_covariance, naive_mp_cosine  # noqa: E402
+from triton_interp import run_interpreter_subprocess  # noqa: E402
 from test_ops_triton import INTERPRET, TRITON_LOADED, _check_against_same_dtype_torch, gpu, interp  # noqa: E402
 
 # (atol, rtol) against float64 references, per dtype, in the interpreter.
@@ -158,37 +155,10 @@ _PARENT_ONLY = {"test_mlr_interpreter_cases"}
 _MIN_INTERPRETER_CASES = len(SOP_CASES) + len(MPC_CASES) + 4
 
 
-def run_interpreter_subprocess(test_file: Path, tmp_path: Path, min_passed: int) -> str:
-    """Rerun ``test_file`` with TRITON_INTERPRET=1 (set before fastmlr is imported); assert no case failed,
-    none but the parent-only ones skipped, and at least ``min_passed`` passed. Returns a summary line."""
-    report = tmp_path / "interpreter.xml"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("FASTMLR_BACKEND", None)
-    cmd = [sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider", "-m", "not gpu",
-           f"--junitxml={report}"]
-    proc = subprocess.run(cmd, cwd=test_file.parents[1], env=env, capture_output=True, text=True, timeout=600)
-    tail = (proc.stdout[-8000:] + "\n" + proc.stderr[-2000:]).strip()
-    assert report.exists(), f"the interpreter run wrote no report (exit {proc.returncode}):\n{tail}"
-    passed, failed, skipped = [], [], []
-    for case in ET.parse(report).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if case.find("failure") is not None or case.find("error") is not None:
-            failed.append(name)
-        elif case.find("skipped") is not None:
-            skipped.append(name)
-        else:
-            passed.append(name)
-    assert not failed and proc.returncode == 0, f"interpreter cases failed: {failed}\n{tail}"
-    unexpected = [n for n in skipped if n.split("[")[0] not in _PARENT_ONLY]
-    assert not unexpected, f"interpreter cases skipped in the TRITON_INTERPRET=1 run: {unexpected}\n{tail}"
-    assert len(passed) >= min_passed, f"only {len(passed)} interpreter cases ran (want >= {min_passed}):\n{tail}"
-    return f"interpreter subprocess: {len(passed)} passed, {len(skipped)} skipped (parent-only)"
-
-
 @pytest.mark.skipif(not TRITON_LOADED, reason=f"triton backend unavailable: {_UNAVAILABLE.get('triton')}")
 @pytest.mark.skipif(INTERPRET, reason="this process runs the interpreter cases itself")
 def test_mlr_interpreter_cases(tmp_path):
-    print(run_interpreter_subprocess(Path(__file__).resolve(), tmp_path, _MIN_INTERPRETER_CASES))
+    print(run_interpreter_subprocess(Path(__file__).resolve(), tmp_path, _MIN_INTERPRETER_CASES, _PARENT_ONLY))
 
 
 # ---------------------------------------------------------------------------

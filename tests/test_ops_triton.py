@@ -25,10 +25,6 @@ the degenerate C = 1, P = 1, D = 1.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -37,6 +33,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed")
 
 import fastmlr.ops as ops  # noqa: E402
+from triton_interp import run_interpreter_subprocess  # noqa: E402
 from fastmlr.ops import BackendError, reference  # noqa: E402
 from fastmlr.ops._dispatch import _UNAVAILABLE  # noqa: E402
 
@@ -460,28 +457,7 @@ _PARENT_ONLY = {"test_interpreter_cases", "test_triton_on_cpu_without_interprete
 @pytest.mark.skipif(not TRITON_LOADED, reason=f"triton backend unavailable: {_UNAVAILABLE.get('triton')}")
 @pytest.mark.skipif(INTERPRET, reason="this process runs the interpreter cases itself")
 def test_interpreter_cases(tmp_path):
-    report = tmp_path / "interpreter.xml"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("FASTMLR_BACKEND", None)
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
-           "-m", "not gpu", f"--junitxml={report}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (proc.stdout[-8000:] + "\n" + proc.stderr[-2000:]).strip()
-    assert report.exists(), f"the interpreter run wrote no report (exit {proc.returncode}):\n{tail}"
-    passed, failed, skipped = [], [], []
-    for case in ET.parse(report).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if case.find("failure") is not None or case.find("error") is not None:
-            failed.append(name)
-        elif case.find("skipped") is not None:
-            skipped.append(name)
-        else:
-            passed.append(name)
-    assert not failed and proc.returncode == 0, f"interpreter cases failed: {failed}\n{tail}"
-    unexpected = [n for n in skipped if n.split("[")[0] not in _PARENT_ONLY]
-    assert not unexpected, f"interpreter cases skipped in the TRITON_INTERPRET=1 run: {unexpected}\n{tail}"
-    assert len(passed) >= 20, f"only {len(passed)} interpreter cases ran:\n{tail}"
-    print(f"interpreter subprocess: {len(passed)} passed, {len(skipped)} skipped (parent-only)")
+    print(run_interpreter_subprocess(Path(__file__).resolve(), tmp_path, 20, _PARENT_ONLY))
 
 
 # ---------------------------------------------------------------------------
