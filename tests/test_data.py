@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from fastmlr import data as D
 from fastmlr.data import mosaics as M
 
-from fakes import N_TRAIN_PER_CLASS, N_VAL_PER_CLASS, TRAIN_BASE, VAL_BASE, write_fake_fmnist, write_idx
+from fakes import N_TRAIN_PER_CLASS, N_VAL_PER_CLASS, TRAIN_BASE, VAL_BASE, write_fake_fmnist
 
 MEAN = np.array(D.IMAGENET_MEAN, dtype=np.float64)
 STD = np.array(D.IMAGENET_STD, dtype=np.float64)

@@ -18,7 +18,6 @@ from ._dispatch import (
     Backend,
     BackendError,
     available_backends,
-    mark_unavailable,
     register_backend,
     select,
 )
