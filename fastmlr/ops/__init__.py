@@ -18,8 +18,10 @@ from ._dispatch import (
     Backend,
     BackendError,
     available_backends,
+    current_backend,
     register_backend,
     select,
+    use_backend,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "second_order_pool",
     "multi_perspective_cosine",
     "available_backends",
+    "use_backend",
+    "current_backend",
     "BackendError",
     "register_backend",
     "OPS",

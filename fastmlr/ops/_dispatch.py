@@ -1,14 +1,16 @@
 """Backend registry and selection for fastmlr's ops (xformers-style dispatch).
 
 Each backend states, per op and per call, whether it can run it and if not
-why. Selection order: the ``backend=`` argument, else ``$FASTMLR_BACKEND``,
-else the first backend in the device's preference order that accepts the
-call. A backend that was asked for by name and refuses raises
+why. Selection order: the ``backend=`` argument, else the innermost
+``with use_backend(name):`` block, else ``$FASTMLR_BACKEND``, else the first
+backend in the device's preference order that accepts the call. A backend that was asked for by name and refuses raises
 :class:`BackendError`, which lists every backend and its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,6 +44,33 @@ class Backend:
 _BACKENDS: dict[str, Backend] = {}
 # Backends that could not be registered (e.g. the extension failed to build), with the reason.
 _UNAVAILABLE: dict[str, str] = {}
+
+
+# The backend chosen by the innermost ``use_backend`` block (None: no block, or one that lifts the choice).
+_CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastmlr_ops_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Run every fastmlr op called inside the block on backend ``name``.
+
+    Nothing is stored on models: the choice lives in a context variable, between an
+    op's own ``backend=`` argument (which wins) and ``$FASTMLR_BACKEND``. ``None``
+    lifts an outer block's choice. An unknown name raises at once.
+    """
+    if name is not None and name not in _BACKENDS and name not in _UNAVAILABLE:
+        known = ", ".join(sorted(set(_BACKENDS) | set(_UNAVAILABLE)))
+        raise BackendError(f"unknown backend {name!r}; known backends: {known}")
+    token = _CHOSEN.set(name)
+    try:
+        yield
+    finally:
+        _CHOSEN.reset(token)
+
+
+def current_backend() -> str | None:
+    """The backend named by the innermost ``use_backend`` block, else ``$FASTMLR_BACKEND``, else None."""
+    return _CHOSEN.get() or os.environ.get("FASTMLR_BACKEND") or None
 
 
 def register_backend(backend: Backend) -> None:
@@ -81,7 +110,7 @@ def _explain(op: str, dev: str, tensors: tuple) -> str:
 def select(op: str, tensors: tuple, backend: str | None = None) -> Backend:
     """Return the backend that runs ``op`` on ``tensors``."""
     dev = tensors[0].device.type
-    requested = backend or os.environ.get("FASTMLR_BACKEND") or None
+    requested = backend or current_backend()
     if requested:
         b = _BACKENDS.get(requested)
         reason = (
