@@ -11,7 +11,7 @@ import torch
 from .checkpoint import CheckpointMismatch, atomic_write_json, check_compatible, load_checkpoint, model_from_checkpoint
 from .data import build_dataset, collate_skip
 from .metrics import format_metrics_table, format_per_class_ap, multilabel_metrics
-from .train import predict_dataset
+from .engine import predict_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

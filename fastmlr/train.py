@@ -35,6 +35,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import build_dataset, collate_skip
+from .engine import predict_dataset, resolve_device
 from .metrics import format_metrics_table, multilabel_metrics
 from .models import create_model
 
@@ -105,10 +106,10 @@ def _dist_setup(device_arg: str | None) -> tuple[torch.device, int, int]:
             torch.cuda.set_device(local)
             return torch.device("cuda", local), rank, world
         return torch.device("cpu"), rank, world
-    dev = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {dev}: no CUDA device is available on this machine (use --device cpu)")
-    return torch.device(dev), 0, 1
+    try:
+        return resolve_device(device_arg), 0, 1
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _seed_everything(seed: int) -> None:
@@ -153,28 +154,6 @@ def _loader(ds, args, train: bool, epoch: int, world: int, rank: int) -> DataLoa
         ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate_skip,
         generator=g, drop_last=False, persistent_workers=False, pin_memory=False,
     )
-
-
-# -- evaluation ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_dataset(model, loader, device, progress: bool = False, desc: str = "eval"):
-    """Run ``model`` over ``loader``; returns (scores, targets, ignore, n_skipped) on the CPU."""
-    from tqdm import tqdm
-
-    model.eval()
-    scores, targets, ignores, skipped = [], [], [], 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        if batch is None:
-            skipped += loader.batch_size
-            continue
-        images, y, ign, n_skip = batch
-        skipped += n_skip
-        scores.append(torch.sigmoid(model(images.to(device)).float()).cpu())
-        targets.append(y)
-        ignores.append(ign)
-    if not scores:
-        raise RuntimeError("no readable image in the evaluation data")
-    return torch.cat(scores), torch.cat(targets), torch.cat(ignores), skipped
 
 
 # -- the run ------------------------------------------------------------------------------------------
