@@ -7,39 +7,17 @@ the optimiser, scheduler, epoch, RNG states and metric history.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from typing import Any
 
 import torch
+
+from .files import atomic_write_bytes, atomic_write_json  # noqa: F401  (checkpoints are written with them)
 
 FORMAT = "fastmlr-checkpoint-v1"
 
 
 class CheckpointMismatch(ValueError):
     """The checkpoint does not fit what it is being used for."""
-
-
-def atomic_write_bytes(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def save_checkpoint(path: str, payload: dict) -> None:

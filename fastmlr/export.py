@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .checkpoint import CheckpointMismatch, atomic_write_bytes, atomic_write_json
+from .checkpoint import CheckpointMismatch
+from .files import atomic_write_bytes, atomic_write_json, file_sha256, publish_mode
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .export_trt import TRTUnavailable, build_trt_engine, gpu_available, tensorrt_version  # noqa: F401
 
@@ -121,24 +122,6 @@ def make_sidecar(model: nn.Module, image_size: int, class_names=None, threshold:
 def sidecar_path(artifact: str) -> str:
     """The sidecar of ``artifact``: the same path with ``.json`` appended."""
     return os.fspath(artifact) + ".json"
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def publish_mode(path: str) -> None:
-    """Give a file written by ``atomic_write_bytes`` (mode 0600, from mkstemp) the umask's usual mode.
-
-    Artefacts are read by other users (a Triton server, a service account).
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_sidecar(artifact_path: str, sidecar: dict, **fields) -> dict:

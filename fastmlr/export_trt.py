@@ -20,7 +20,7 @@ import importlib.metadata
 import os
 import sys
 
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 class TRTUnavailable(RuntimeError):
