@@ -1,4 +1,4 @@
-"""fastmlr.export, fastmlr.export_trt and fastmlr.runtime.
+"""fastmlr.deploy (builders, contract, probe), the fastmlr.export command and fastmlr.runtime.
 
 References are independent of the code under test: PyTorch eager on the
 original model (probabilities), a protobuf-text parser written here (Triton
@@ -22,8 +22,9 @@ import onnx
 import pytest
 import torch
 
+from fastmlr import deploy, ops, runtime
 from fastmlr import export as ex
-from fastmlr import export_trt, runtime
+from fastmlr.deploy import probe
 from fastmlr.data import FASHION_CLASSES, FashionMosaics
 from fastmlr.models import create_model
 
@@ -38,7 +39,7 @@ def model():
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = create_model("srdl", 10, backbone="resnet18", weights="none", backend="reference", use_oe=False)
+        m = create_model("srdl", 10, backbone="resnet18", weights="none", use_oe=False)
     ds = FashionMosaics("train", num_images=48, image_size=SIZE, seed=0)
     x = torch.stack([ds[i][0] for i in range(48)])
     y = torch.stack([ds[i][1] for i in range(48)])
@@ -58,16 +59,21 @@ def model():
 @pytest.fixture(scope="session")
 def exported(model, tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
-    side = ex.make_sidecar(model, SIZE, threshold=0.4)
-    p32 = ex.export_onnx(model, str(d / "m.onnx"), SIZE, min_batch=1, opt_batch=4, max_batch=8, sidecar=side)
-    p16 = ex.export_onnx(model, str(d / "m.fp16.onnx"), SIZE, min_batch=1, opt_batch=4, max_batch=8, fp16=True,
+    side = deploy.make_sidecar(model, SIZE, threshold=0.4)
+    p32 = deploy.export_onnx(model, str(d / "m.onnx"), SIZE, min_batch=1, opt_batch=4, max_batch=8, sidecar=side)
+    p16 = deploy.export_onnx(model, str(d / "m.fp16.onnx"), SIZE, min_batch=1, opt_batch=4, max_batch=8, fp16=True,
                          sidecar=side)
     return {"dir": d, "fp32": p32, "fp16": p16, "sidecar": side}
 
 
+def _torch_logits(model, x):
+    """The eager model's logits, its fused ops on the reference implementation the graphs are traced through."""
+    with torch.no_grad(), ops.use_backend("reference"):
+        return model(x)
+
+
 def _torch_probs(model, x):
-    with torch.no_grad():
-        return torch.sigmoid(model(x))
+    return torch.sigmoid(_torch_logits(model, x))
 
 
 def _val_images(n, size=SIZE):
@@ -92,11 +98,11 @@ def test_onnx_fp32_matches_pytorch_at_every_batch_size(model, exported):
         ref = _torch_probs(model, x)
         assert probs.shape == (x.shape[0], 10)
         assert np.abs(probs - ref.numpy()).max() <= 1e-4
-        assert np.abs(logits - model(x).detach().numpy()).max() <= 1e-3
+        assert np.abs(logits - _torch_logits(model, x).numpy()).max() <= 1e-3
 
 
 def test_verify_report_holds_the_numbers(model, exported):
-    rep = ex.verify_onnx(exported["fp32"], model, SIZE, real=_val_images(4))
+    rep = deploy.verify_onnx(exported["fp32"], model, SIZE, real=_val_images(4))
     assert rep["ok"] and rep["checker"] == "passed" and rep["opset"] >= 17
     assert set(rep["max_abs_diff"]) == {"random", "real"} and max(rep["max_abs_diff"].values()) <= 1e-4
     text = ex.format_report(rep)
@@ -105,13 +111,13 @@ def test_verify_report_holds_the_numbers(model, exported):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random embeddings: this model only has to differ
         other = create_model("srdl", 10, backbone="resnet18", weights="none", use_oe=False).eval()
-    assert not ex.verify_onnx(exported["fp32"], other, SIZE)["ok"]
+    assert not deploy.verify_onnx(exported["fp32"], other, SIZE)["ok"]
 
 
 def test_graph_ops_are_all_in_the_tensorrt_parser_set(exported):
     for path in (exported["fp32"], exported["fp16"]):
-        ops = ex.onnx_op_types(path)
-        outside = sorted(set(ops) - ex.TRT_ONNX_OPS)
+        ops = deploy.onnx_op_types(path)
+        outside = sorted(set(ops) - deploy.TRT_ONNX_OPS)
         assert not outside, f"{path}: ops outside TensorRT's ONNX parser set: {outside}"
         # The fused ops decomposed into standard ops; object erasing (TopK/ScatterElements) is absent.
         assert "Tanh" in ops and "ReduceMax" in ops
@@ -125,8 +131,8 @@ def test_the_op_check_catches_unsupported_and_custom_ops():
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     m = helper.make_model(g)
-    assert ex.onnx_op_types(m) == ["NonZero", "fastmlr::car_pool"]
-    assert ex.unsupported_by_tensorrt(m) == ["NonZero", "fastmlr::car_pool"]
+    assert deploy.onnx_op_types(m) == ["NonZero", "fastmlr::car_pool"]
+    assert deploy.unsupported_by_tensorrt(m) == ["NonZero", "fastmlr::car_pool"]
 
 
 def test_fp16_graph_has_half_weights_float_io_and_close_probabilities(model, exported):
@@ -136,7 +142,7 @@ def test_fp16_graph_has_half_weights_float_io_and_close_probabilities(model, exp
     assert [o.type.tensor_type.elem_type for o in g.graph.output] == [f32, f32]
     kinds = [t.data_type for t in g.graph.initializer]
     assert kinds.count(onnx.TensorProto.FLOAT16) > len(kinds) // 2  # the network's weights are half
-    rep = ex.verify_onnx(exported["fp16"], model, SIZE, fp16=True, real=_val_images(6))
+    rep = deploy.verify_onnx(exported["fp16"], model, SIZE, fp16=True, real=_val_images(6))
     assert rep["ok"] and max(rep["max_abs_diff"].values()) <= 1e-2
     side = json.load(open(exported["fp16"] + ".json"))
     assert side["precision"] == "fp16" and side["batch"] == {"min": 1, "opt": 4, "max": 8}
@@ -144,7 +150,7 @@ def test_fp16_graph_has_half_weights_float_io_and_close_probabilities(model, exp
 
 @pytest.mark.slow
 def test_fp16_map_within_0_2_points_of_fp32_on_validation_mosaics(model, exported):
-    rep = ex.fp16_map_check(model, exported["fp32"], exported["fp16"], SIZE, num_images=96)
+    rep = deploy.fp16_map_check(model, exported["fp32"], exported["fp16"], SIZE, num_images=96)
     assert rep["ok"] and abs(rep["fp16_minus_fp32"]) <= 0.2
     # fp32 ONNX reproduces PyTorch's mAP; the metric itself is recomputed here from scratch.
     from sklearn.metrics import average_precision_score
@@ -160,11 +166,11 @@ def test_fp16_map_within_0_2_points_of_fp32_on_validation_mosaics(model, exporte
 
 def test_export_refuses_bad_requests(model, tmp_path):
     with pytest.raises(ValueError, match="min-batch"):
-        ex.export_onnx(model, str(tmp_path / "a.onnx"), SIZE, min_batch=4, opt_batch=2, max_batch=8)
+        deploy.export_onnx(model, str(tmp_path / "a.onnx"), SIZE, min_batch=4, opt_batch=2, max_batch=8)
     with pytest.raises(ValueError, match="opset must be 17"):
-        ex.export_onnx(model, str(tmp_path / "a.onnx"), SIZE, opset=13)
+        deploy.export_onnx(model, str(tmp_path / "a.onnx"), SIZE, opset=13)
     with pytest.raises(ValueError, match="3 class names given for a model with 10"):
-        ex.make_sidecar(model, SIZE, class_names=["a", "b", "c"])
+        deploy.make_sidecar(model, SIZE, class_names=["a", "b", "c"])
     assert not os.path.exists(tmp_path / "a.onnx")
 
 
@@ -187,7 +193,7 @@ def test_runtime_onnx_predicts_like_pytorch_from_tensors_and_images(model, expor
     probs = r.predict(x)
     assert probs.dtype == torch.float32 and probs.shape == (10, 10)
     assert (probs - _torch_probs(model, x)).abs().max() <= 1e-4
-    assert (r.predict_logits(x) - model(x).detach()).abs().max() <= 1e-3
+    assert (r.predict_logits(x) - _torch_logits(model, x)).abs().max() <= 1e-3
     # PIL images get the sidecar's preprocessing: the same tensor the dataset pipeline makes.
     ds = FashionMosaics("val", num_images=2, image_size=SIZE, seed=1)
     pil = [Image.fromarray(ds.render(i)).convert("RGB") for i in range(2)]
@@ -333,7 +339,7 @@ def fake_trt(monkeypatch):
     def install(**kw):
         log = []
         monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(log, **kw))
-        monkeypatch.setattr(export_trt, "gpu_available", lambda: (True, "fake GPU"))
+        monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
         return log
 
     return install
@@ -345,7 +351,7 @@ def test_trt_build_with_fake_module(fake_trt, exported, tmp_path, strongly_typed
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"OLD")
     engine = str(tmp_path / "m.plan")
-    out = export_trt.build_trt_engine(exported["fp16"], engine, min_batch=1, opt_batch=4, max_batch=8,
+    out = deploy.build_trt_engine(exported["fp16"], engine, min_batch=1, opt_batch=4, max_batch=8,
                                       workspace_gb=2, timing_cache=str(cache))
     assert out == engine and open(engine, "rb").read() == b"PLAN-BYTES"
     calls = {c[0]: c for c in log}
@@ -367,15 +373,15 @@ def test_trt_parse_errors_are_reported_and_nothing_is_written(fake_trt, exported
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"previous engine")
     with pytest.raises(RuntimeError, match="could not parse .*unsupported op"):
-        export_trt.build_trt_engine(exported["fp16"], str(engine), min_batch=1, opt_batch=1, max_batch=2)
+        deploy.build_trt_engine(exported["fp16"], str(engine), min_batch=1, opt_batch=1, max_batch=2)
     assert engine.read_bytes() == b"previous engine"
 
 
 def test_trt_is_never_imported_without_a_gpu(monkeypatch, exported, tmp_path):
-    monkeypatch.setattr(export_trt, "gpu_available", lambda: (False, "no driver"))
+    monkeypatch.setattr(probe, "gpu_available", lambda: (False, "no driver"))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    with pytest.raises(export_trt.TRTUnavailable, match="no NVIDIA GPU \\(no driver\\)"):
-        export_trt.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=1, max_batch=2)
+    with pytest.raises(probe.TRTUnavailable, match="no NVIDIA GPU \\(no driver\\)"):
+        deploy.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=1, max_batch=2)
     assert "tensorrt" not in sys.modules
     with pytest.raises(RuntimeError, match="cannot run TensorRT engine"):
         from fastmlr.runtime.trt import TensorRTRunner
@@ -385,7 +391,7 @@ def test_trt_is_never_imported_without_a_gpu(monkeypatch, exported, tmp_path):
 
 
 def test_gpu_probe_is_safe_here():
-    ok, why = export_trt.gpu_available()
+    ok, why = probe.gpu_available()
     assert ok == torch.cuda.is_available() and isinstance(why, str) and why
 
 
@@ -465,7 +471,7 @@ def test_cli_trt_without_gpu_writes_onnx_explains_and_serves_onnx_in_triton(tmp_
 def test_triton_repo_with_engine_uses_the_plan(tmp_path, exported):
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"PLAN")
-    folder = ex.write_triton_repo(str(tmp_path / "repo"), exported["sidecar"], engine=str(plan), max_batch=8,
+    folder = deploy.write_triton_repo(str(tmp_path / "repo"), exported["sidecar"], engine=str(plan), max_batch=8,
                                   opt_batch=4)
     cfg = _parse_pbtxt(open(os.path.join(folder, "config.pbtxt")).read())
     assert cfg["platform"] == ["tensorrt_plan"] and cfg["instance_group"][0][0]["kind"] == ["KIND_GPU"]
@@ -483,7 +489,7 @@ def test_cli_needs_a_model_and_an_output(capsys):
 @pytest.fixture(scope="session")
 def aoti_package(model, exported):
     path = str(exported["dir"] / "m.pt2")
-    ex.export_aoti(model, path, SIZE, max_batch=8, sidecar=exported["sidecar"])
+    deploy.export_aoti(model, path, SIZE, max_batch=8, sidecar=exported["sidecar"])
     return path
 
 
@@ -493,7 +499,7 @@ def test_aoti_package_matches_pytorch(model, aoti_package):
     assert r.provider == "aotinductor:cpu"
     x = _val_images(5)
     assert (r.predict(x) - _torch_probs(model, x)).abs().max() <= 1e-4
-    assert ex.verify_aoti(aoti_package, model, SIZE, real=x)["ok"]
+    assert deploy.verify_aoti(aoti_package, model, SIZE, real=x)["ok"]
 
 
 def _write_ppm(path, arr: np.ndarray):
@@ -552,7 +558,7 @@ def test_cpp_program_matches_python(model, aoti_package, tmp_path):
 @pytest.mark.gpu
 def test_trt_engine_on_gpu(model, exported, tmp_path):
     pytest.importorskip("tensorrt")
-    engine = export_trt.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=4,
+    engine = deploy.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=4,
                                          max_batch=8, timing_cache=str(tmp_path / "t.cache"))
     r = runtime.load(engine)
     x = _val_images(6)

@@ -1,10 +1,10 @@
-"""AOTInductor runner: a ``.pt2`` package from :func:`fastmlr.export.export_aoti`, through torch's loader."""
+"""AOTInductor runner: a ``.pt2`` package from :func:`fastmlr.deploy.aoti.export_aoti`, through torch's loader."""
 
 from __future__ import annotations
 
 import torch
 
-from . import Runner
+from .base import Runner
 
 
 class AOTIRunner(Runner):
@@ -20,6 +20,6 @@ class AOTIRunner(Runner):
         self.provider = f"aotinductor:{built_for}"
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor):
+    def run(self, x: torch.Tensor):
         logits, probs = self._fn(x.to(self._device))
         return logits, probs

@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import torch
 
-from . import Runner
+from ..deploy.contract import INPUT_NAME, OUTPUT_NAMES
+from ..deploy.probe import gpu_available
+from .base import Runner
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -28,8 +30,6 @@ class OnnxRunner(Runner):
         super().__init__(path, sidecar)
         import onnxruntime as ort
 
-        from ..export_trt import gpu_available
-
         available = ort.get_available_providers()
         has_gpu = gpu_available()[0] if any(p in available for p in _GPU_PROVIDERS) else False
         providers = choose_providers(available, device, has_gpu)
@@ -42,8 +42,10 @@ class OnnxRunner(Runner):
         if used[0] != providers[0]:
             print(f"fastmlr.runtime: {providers[0]} could not start for {path}; running on {used[0]}", file=sys.stderr)
         self.provider = f"onnxruntime:{used[0]}"
-        self._input = self.session.get_inputs()[0].name
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != [INPUT_NAME]:
+            raise RuntimeError(f"{path}: expected one input {INPUT_NAME!r}, found {inputs}")
 
-    def _run(self, x: torch.Tensor):
-        logits, probs = self.session.run(["logits", "probs"], {self._input: np.ascontiguousarray(x.numpy())})
+    def run(self, x: torch.Tensor):
+        logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(logits), torch.from_numpy(probs)

@@ -1,4 +1,4 @@
-"""TensorRT runner for ``.plan``/``.engine`` files built by :mod:`fastmlr.export_trt` (TensorRT 10/11 API).
+"""TensorRT runner for ``.plan``/``.engine`` files built by :mod:`fastmlr.deploy.trt` (TensorRT 10/11 API).
 
 I/O goes through one of three paths, each imported only when chosen:
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Runner
+from ..deploy.contract import INPUT_NAME, OUTPUT_NAMES
+from ..deploy.probe import TRTUnavailable, import_tensorrt
+from .base import Runner
 
 IO_PATHS = ("torch", "cuda-python", "pycuda")
 
@@ -111,8 +113,6 @@ class _PyCudaIO:
 class TensorRTRunner(Runner):
     def __init__(self, path: str, sidecar: dict, device: str | None = None, io: str | None = None):
         super().__init__(path, sidecar)
-        from ..export_trt import TRTUnavailable, import_tensorrt
-
         if device == "cpu":
             raise RuntimeError(f"{path} is a TensorRT engine: it runs only on an NVIDIA GPU, not on device='cpu'")
         if io is not None and io not in IO_PATHS:
@@ -133,14 +133,14 @@ class TensorRTRunner(Runner):
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if inputs != ["images"]:
-            raise RuntimeError(f"{path}: expected one input 'images', found {inputs}")
-        self._outputs = ["logits", "probs"]
+        if inputs != [INPUT_NAME]:
+            raise RuntimeError(f"{path}: expected one input {INPUT_NAME!r}, found {inputs}")
+        self._outputs = list(OUTPUT_NAMES)
         missing = [n for n in self._outputs if n not in names]
         if missing:
             raise RuntimeError(f"{path}: engine lacks outputs {missing} (has {names})")
         self.provider = f"tensorrt:{io}"
 
-    def _run(self, x: torch.Tensor):
-        logits, probs = self._io.run(self.context, x, "images", self._outputs)
+    def run(self, x: torch.Tensor):
+        logits, probs = self._io.run(self.context, x, INPUT_NAME, self._outputs)
         return logits, probs

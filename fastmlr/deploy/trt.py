@@ -1,83 +1,25 @@
-"""Building TensorRT engines from fastmlr's fp16 ONNX graph (kept apart from :mod:`fastmlr.runtime`).
+"""Building TensorRT engines from fastmlr's fp16 ONNX graph (running them is :mod:`fastmlr.runtime.trt`).
 
 The network is strongly typed: every tensor's type comes from the ONNX graph,
-so "fp16" means the fp16 graph :func:`fastmlr.export.export_onnx` writes
+so "fp16" means the fp16 graph :func:`fastmlr.deploy.onnx.export_onnx` writes
 (``fp16=True``), not a builder flag. TensorRT 11 removed ``BuilderFlag.FP16``
 and makes every network strongly typed (its ``STRONGLY_TYPED`` creation flag
 is kept, and ignored); TensorRT 10 needs the flag. This module sets it when
 the enum has it and never touches ``BuilderFlag.FP16`` or ``EXPLICIT_BATCH``,
 so one code path serves 10.x and 11.x.
 
-``tensorrt`` is imported only inside :func:`build_trt_engine`, and only
-after a GPU has been found: a TensorRT builder or runtime created without a
-GPU returns a bogus object and the process segfaults (shared/design/platform.md).
+``tensorrt`` is imported only through :func:`fastmlr.deploy.probe.import_tensorrt`,
+after a GPU has been found.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 import sys
 
-from .files import atomic_write_bytes
-
-
-class TRTUnavailable(RuntimeError):
-    """No engine can be built here (no GPU, or TensorRT is not installed); the message says which."""
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT's version from package metadata, without importing it."""
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13_bindings", "tensorrt_cu12_bindings"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def gpu_available() -> tuple[bool, str]:
-    """(True, device name) if a CUDA device can be used, else (False, why). Never creates a TensorRT object.
-
-    Asks torch first; without torch's CUDA, cuda-python's ``cudaGetDeviceCount``
-    (which returns an error code, 35 without a driver, instead of crashing).
-    """
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return True, torch.cuda.get_device_name(0)
-        torch_reason = "torch sees no CUDA device"
-    except ImportError:
-        torch_reason = "torch is not installed"
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python before 12.6 named the module so
-        except ImportError:
-            return False, f"{torch_reason}, and cuda-python is not installed"
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0:
-        return False, f"{torch_reason}; cudaGetDeviceCount returned CUDA error {int(err)}"
-    if not count:
-        return False, f"{torch_reason}; cudaGetDeviceCount found no device"
-    return True, f"{count} CUDA device(s) via cuda-python"
-
-
-def import_tensorrt():
-    """Import TensorRT after checking for a GPU; raises :class:`TRTUnavailable` saying what is missing."""
-    ok, why = gpu_available()
-    if not ok:
-        raise TRTUnavailable(f"no NVIDIA GPU ({why}); TensorRT engines must be built on a GPU host")
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as e:
-        raise TRTUnavailable(
-            f"TensorRT cannot be imported ({e}); install it from NVIDIA's index "
-            "(pip install tensorrt --extra-index-url https://pypi.nvidia.com)"
-        ) from e
+from ..files import atomic_write_bytes
+from . import probe
+from .contract import INPUT_NAME, read_sidecar, write_sidecar
 
 
 def network_flags(trt) -> int:
@@ -93,6 +35,15 @@ def _read(path: str) -> bytes | None:
     return None
 
 
+def trtexec_command(onnx_path: str, engine_path: str, image_size: int, min_batch: int, opt_batch: int,
+                    max_batch: int) -> str:
+    """The ``trtexec`` command that builds the same engine on a GPU host."""
+    shape = f"x3x{image_size}x{image_size}"
+    return (f"trtexec --onnx={onnx_path} --stronglyTyped --saveEngine={engine_path} "
+            f"--minShapes={INPUT_NAME}:{min_batch}{shape} --optShapes={INPUT_NAME}:{opt_batch}{shape} "
+            f"--maxShapes={INPUT_NAME}:{max_batch}{shape}")
+
+
 def build_trt_engine(
     onnx_path: str,
     engine_path: str,
@@ -103,7 +54,7 @@ def build_trt_engine(
     workspace_gb: float = 4.0,
     timing_cache: str | None = None,
     sidecar: dict | None = None,
-    input_name: str = "images",
+    input_name: str = INPUT_NAME,
     verbose: bool = False,
 ) -> str:
     """Build a strongly typed TensorRT engine from ``onnx_path`` and write it to ``engine_path``.
@@ -114,8 +65,8 @@ def build_trt_engine(
     the same GPU skip the timing they share. ``workspace_gb`` limits the
     builder's scratch memory. The engine and its sidecar (``engine_path.json``,
     from ``sidecar`` or the ONNX graph's sidecar) are written atomically.
-    Returns ``engine_path``. Raises :class:`TRTUnavailable` without a GPU or
-    TensorRT, ``RuntimeError`` when parsing or building fails.
+    Returns ``engine_path``. Raises :class:`~fastmlr.deploy.probe.TRTUnavailable`
+    without a GPU or TensorRT, ``RuntimeError`` when parsing or building fails.
     """
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}")
@@ -123,7 +74,7 @@ def build_trt_engine(
         raise ValueError(f"--workspace-gb must be positive, got {workspace_gb}")
     if not os.path.exists(onnx_path):
         raise FileNotFoundError(f"ONNX graph {onnx_path} does not exist")
-    trt = import_tensorrt()
+    trt = probe.import_tensorrt()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
@@ -159,13 +110,8 @@ def build_trt_engine(
         new_cache = bytes(config.get_timing_cache().serialize())
         atomic_write_bytes(timing_cache, lambda fh: fh.write(new_cache))
 
-    from .export import sidecar_path, write_sidecar
-
     if sidecar is None:
-        import json
-
-        with open(sidecar_path(onnx_path)) as fh:
-            sidecar = json.load(fh)
+        sidecar = read_sidecar(onnx_path)
     write_sidecar(
         engine_path, {k: v for k, v in sidecar.items() if k not in ("artifact", "opset")},
         artifact={"format": "tensorrt", "onnx": os.path.basename(onnx_path)}, precision="fp16",
@@ -175,3 +121,6 @@ def build_trt_engine(
     )
     print(f"TensorRT {getattr(trt, '__version__', '?')}: engine {engine_path} ({len(blob)} bytes)", file=sys.stderr)
     return engine_path
+
+
+__all__ = ["build_trt_engine", "network_flags", "trtexec_command"]

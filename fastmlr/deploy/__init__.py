@@ -1,0 +1,59 @@
+"""Building deployment artefacts: ONNX (fp32, fp16), AOTInductor, TensorRT engines, Triton repositories.
+
+One module per job:
+
+- :mod:`~fastmlr.deploy.contract`: the artefact contract (sidecar format, I/O
+  names, writing and checking sidecars), shared with :mod:`fastmlr.runtime`;
+- :mod:`~fastmlr.deploy.probe`: the GPU / TensorRT probe, shared with the runtime;
+- :mod:`~fastmlr.deploy.graph`: the graph that is traced (:class:`InferenceGraph`,
+  :func:`export_mode`);
+- :mod:`~fastmlr.deploy.onnx`, :mod:`~fastmlr.deploy.aoti`, :mod:`~fastmlr.deploy.trt`,
+  :mod:`~fastmlr.deploy.triton_repo`: one builder each, with its check;
+- :mod:`~fastmlr.deploy.verify`: what the checks compare against, and their bounds.
+
+``python -m fastmlr.export`` is the command over these. The runners never
+import the builders; this package's own import loads only the contract and the
+probe, and the builders' names below on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .contract import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SIDECAR_FORMAT,
+    SidecarMismatch,
+    check_sidecar,
+    make_sidecar,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
+from .probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_version
+
+# Public names of the builder modules, imported when first asked for (they import torch.onnx, onnx, ...).
+_LAZY = {
+    "InferenceGraph": "graph", "export_mode": "graph",
+    "export_onnx": "onnx", "verify_onnx": "onnx", "onnx_op_types": "onnx", "unsupported_by_tensorrt": "onnx",
+    "fp16_map_check": "onnx", "TRT_ONNX_OPS": "onnx", "DEFAULT_OPSET": "onnx",
+    "export_aoti": "aoti", "verify_aoti": "aoti",
+    "build_trt_engine": "trt",
+    "triton_config": "triton_repo", "write_triton_repo": "triton_repo",
+    "TOLERANCE": "verify", "FP16_MAP_POINTS": "verify", "real_images": "verify",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "INPUT_NAME", "OUTPUT_NAMES", "SIDECAR_FORMAT", "SidecarMismatch", "check_sidecar", "make_sidecar",
+    "read_sidecar", "sidecar_path", "write_sidecar",
+    "TRTUnavailable", "gpu_available", "import_tensorrt", "tensorrt_version",
+    *_LAZY,
+]

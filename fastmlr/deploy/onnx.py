@@ -1,0 +1,202 @@
+"""ONNX export (fp32, and fp16 with float32 I/O) and its checks: the full checker, TensorRT's op set, ORT vs PyTorch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from ..files import atomic_write_bytes
+from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
+from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
+from .verify import FP16_MAP_POINTS, TOLERANCE, max_abs_diff, torch_probs
+
+DEFAULT_OPSET = 18
+
+# ONNX operators TensorRT's ONNX parser supports, from the "Operator Support Matrix" of
+# onnx/onnx-tensorrt docs/operators.md (the parser shipped with TensorRT 10.x; the TensorRT
+# developer guide links to it). Only operators marked supported there, without a restriction
+# that an exported model could trip over, are listed; anything else fails the export check.
+TRT_ONNX_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu
+Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div
+Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm
+GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish
+Identity If InstanceNormalization IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax LRN
+LpNormalization LpPool MatMul Max MaxPool Mean Min Mul Neg Not Or Pad Pow PRelu QuantizeLinear Range
+Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+ReduceSumSquare Relu Reshape Resize Round Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Unsqueeze
+Where Xor
+""".split())
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    image_size: int,
+    *,
+    min_batch: int = 1,
+    opt_batch: int = 1,
+    max_batch: int = 16,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    sidecar: dict | None = None,
+) -> str:
+    """Export ``model`` to an ONNX file at ``path`` with a dynamic batch; returns ``path``.
+
+    Input ``images`` float32 [N, 3, S, S]; outputs ``logits`` and ``probs``
+    float32 [N, C]. ``fp16``: half-precision graph, float32 I/O (see
+    :class:`~fastmlr.deploy.graph.InferenceGraph`). Written atomically with its
+    sidecar ``path.json`` (``sidecar`` defaults to ``make_sidecar`` of the model).
+    """
+    import onnx
+
+    check_batch_range(min_batch, opt_batch, max_batch)
+    if int(opset) < 17:
+        raise ValueError(f"opset must be 17 or newer, got {opset}")
+    side = sidecar if sidecar is not None else make_sidecar(model, image_size)
+    x = example_images(image_size, max(2, opt_batch))
+    with export_mode(model), torch.no_grad(), quiet():
+        graph = InferenceGraph(model, fp16=fp16).eval()
+        prog = torch.onnx.export(
+            graph, (x,), dynamo=True, opset_version=int(opset), input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: batch_dim(min_batch, max_batch)}},
+            verbose=False,
+        )
+    proto = prog.model_proto
+    # Name the batch dimension the same everywhere, so runtimes (and Triton) see one symbolic dim.
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        dim0 = vi.type.tensor_type.shape.dim[0]
+        dim0.ClearField("dim_value")
+        dim0.dim_param = "batch"
+    data = proto.SerializeToString()
+    if len(data) > 2**31 - 1:  # protobuf's limit; larger graphs need external data, which a sidecar can't hash
+        raise ValueError(f"the ONNX graph is {len(data)} bytes, beyond protobuf's 2 GiB; export a smaller model")
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    atomic_write_bytes(path, lambda fh: fh.write(data))
+    write_sidecar(
+        path, side, artifact={"format": "onnx"}, precision="fp16" if fp16 else "fp32", opset=int(opset),
+        batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
+    )
+    return path
+
+
+def onnx_op_types(path_or_model) -> list[str]:
+    """Sorted op types of an ONNX graph, subgraphs and local functions included, as ``domain::Op`` off the default domain."""
+    import onnx
+
+    m = onnx.load(path_or_model) if isinstance(path_or_model, (str, os.PathLike)) else path_or_model
+    found: set[str] = set()
+
+    def visit(nodes):
+        for n in nodes:
+            found.add(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}")
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g.node)
+                for g in a.graphs:
+                    visit(g.node)
+
+    visit(m.graph.node)
+    for f in m.functions:
+        visit(f.node)
+    return sorted(found)
+
+
+def unsupported_by_tensorrt(path_or_model) -> list[str]:
+    """Op types of the graph that are not in :data:`TRT_ONNX_OPS` (custom domains never are)."""
+    return [op for op in onnx_op_types(path_or_model) if op not in TRT_ONNX_OPS]
+
+
+def ort_session(path: str, providers=None):
+    """An ONNX Runtime session that logs errors only (fp16 graphs make the CPU provider warn about every unfoldable node)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = False, real=None,
+                max_batch: int = 16) -> dict:
+    """Check an exported ONNX file: full ``onnx.checker``, TensorRT op support, ORT vs PyTorch probabilities.
+
+    ``real``: Tensor[n, 3, S, S] of real images (None: random only). Returns a
+    report dict with ``ok`` and the numbers; never raises on a mismatch.
+    """
+    import onnx
+
+    rep = {"artifact": path, "kind": "onnx fp16" if fp16 else "onnx fp32", "tolerance": TOLERANCE["fp16" if fp16 else "fp32"]}
+    try:
+        onnx.checker.check_model(path, full_check=True)
+        rep["checker"] = "passed"
+    except Exception as e:  # onnx raises ValidationError and friends
+        rep["checker"] = f"FAILED: {e}"
+    g = onnx.load(path)
+    rep["opset"] = max((o.version for o in g.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    rep["ops"] = onnx_op_types(g)
+    rep["not_in_tensorrt"] = [op for op in rep["ops"] if op not in TRT_ONNX_OPS]
+    sess = ort_session(path)
+    diffs = {}
+    sets = {"random": example_images(image_size, min(3, max_batch))}
+    if real is not None:
+        sets["real"] = real[:max_batch]
+    own = {}
+    with export_mode(model):
+        torch_half = InferenceGraph(model, fp16=True) if fp16 else None
+        for name, x in sets.items():
+            logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
+            ref = torch_probs(model, x)
+            diffs[name] = max_abs_diff(probs, ref)
+            if torch_half is not None:
+                # PyTorch's own fp16 error on the same images: what fp16 costs this network, whatever the runtime.
+                with torch.no_grad():
+                    own[name] = max_abs_diff(torch_half(x)[1].numpy(), ref)
+    rep["max_abs_diff"] = diffs
+    if own:
+        rep["torch_fp16_max_abs_diff"] = own
+    rep["ok"] = (rep["checker"] == "passed" and not rep["not_in_tensorrt"]
+                 and rep["opset"] is not None and rep["opset"] >= 17
+                 and all(d <= rep["tolerance"] for d in diffs.values()))
+    return rep
+
+
+def fp16_map_check(model: nn.Module, onnx_fp32: str, onnx_fp16: str, image_size: int, num_images: int = 200,
+                   batch_size: int = 16, seed: int = 1) -> dict:
+    """mAP of the fp32 and fp16 ONNX graphs (and PyTorch) on the built-in validation mosaics.
+
+    ``seed=1`` is the validation split ``fastmlr.train`` uses with its default
+    seed. Returns {"mAP": {"torch", "onnx fp32", "onnx fp16"} in points,
+    "fp16_minus_fp32" points, "ok": within ``FP16_MAP_POINTS``}.
+    """
+    from ..data import FASHION_CLASSES, FashionMosaics
+    from ..metrics import multilabel_metrics
+
+    names = list(getattr(model, "class_names", None) or [])
+    if names and names != list(FASHION_CLASSES):
+        raise ValueError(
+            f"--validate-mosaics: the model's classes {names[:3]}... are not the mosaics' {FASHION_CLASSES[:3]}..."
+        )
+    if model.num_classes != len(FASHION_CLASSES):
+        raise ValueError(f"--validate-mosaics needs a {len(FASHION_CLASSES)}-class model, got {model.num_classes}")
+    ds = FashionMosaics("val", num_images=num_images, image_size=image_size, seed=seed)
+    sessions = {"onnx fp32": ort_session(onnx_fp32), "onnx fp16": ort_session(onnx_fp16)}
+    scores = {k: [] for k in ("torch", *sessions)}
+    targets = []
+    for start in range(0, num_images, batch_size):
+        items = [ds[i] for i in range(start, min(start + batch_size, num_images))]
+        x = torch.stack([it[0] for it in items])
+        targets.append(torch.stack([it[1] for it in items]))
+        scores["torch"].append(torch_probs(model, x))
+        for k, s in sessions.items():
+            scores[k].append(torch.from_numpy(s.run([OUTPUT_NAMES[1]], {INPUT_NAME: x.numpy()})[0]))
+    t = torch.cat(targets)
+    maps = {k: 100 * float(multilabel_metrics(torch.cat(v), t)["mAP"]) for k, v in scores.items()}
+    delta = maps["onnx fp16"] - maps["onnx fp32"]
+    return {"images": num_images, "mAP": maps, "fp16_minus_fp32": delta, "ok": abs(delta) <= FP16_MAP_POINTS}
+
+
+__all__ = ["DEFAULT_OPSET", "TRT_ONNX_OPS", "export_onnx", "onnx_op_types", "unsupported_by_tensorrt", "ort_session",
+           "verify_onnx", "fp16_map_check"]

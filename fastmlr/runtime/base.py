@@ -1,0 +1,94 @@
+"""The interface every runner offers: preprocessing from the sidecar, batching, probabilities and labels."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from ..deploy.contract import class_thresholds
+
+
+class Runner:
+    """What every runner offers. Subclasses implement :meth:`run`.
+
+    Attributes: ``sidecar`` (dict), ``class_names``, ``image_size``,
+    ``threshold`` (the sidecar's single threshold), ``thresholds`` (one per
+    class: the sidecar's ``thresholds``, else ``threshold`` for every class),
+    ``provider`` (what runs it, e.g. "onnxruntime:CPUExecutionProvider").
+    """
+
+    provider = "?"
+
+    def __init__(self, path: str, sidecar: dict):
+        self.path = path
+        self.sidecar = sidecar
+        self.class_names = list(sidecar["class_names"])
+        self.image_size = int(sidecar["image_size"])
+        self.threshold = float(sidecar["threshold"])
+        self.thresholds = class_thresholds(sidecar)
+        self.max_batch = int(sidecar.get("batch", {}).get("max", 0)) or None
+        self._mean = torch.tensor(sidecar["mean"], dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(sidecar["std"], dtype=torch.float32).view(3, 1, 1)
+
+    # -- preprocessing from the sidecar ------------------------------------------------------------
+    def preprocess(self, images) -> Tensor:
+        """Tensor[N, 3, S, S] (already normalised) or a list of PIL images / file paths -> float32 Tensor[N, 3, S, S]."""
+        S = self.image_size
+        if isinstance(images, Tensor):
+            if images.dim() == 3:
+                images = images[None]
+            if images.dim() != 4 or tuple(images.shape[1:]) != (3, S, S):
+                raise ValueError(f"{self.path} takes images of shape (N, 3, {S}, {S}), got {tuple(images.shape)}")
+            return images.detach().to("cpu", torch.float32).contiguous()
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        out = []
+        for img in images:
+            if isinstance(img, (str, os.PathLike)):
+                with Image.open(img) as im:
+                    img = im.convert("RGB")
+            elif not isinstance(img, Image.Image):
+                raise TypeError(f"predict takes a Tensor[N, 3, {S}, {S}] or PIL images / paths, got {type(img).__name__}")
+            img = TF.resize(img.convert("RGB"), [S, S])
+            out.append((TF.to_tensor(img) - self._mean) / self._std)
+        if not out:
+            raise ValueError("predict got no images")
+        return torch.stack(out)
+
+    def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The artefact on one prepared batch: float32 Tensor[n, 3, S, S] (n within the batch range) -> (logits, probs).
+
+        No preprocessing and no splitting; the outputs stay where the runtime
+        put them (CPU tensors, or CUDA tensors for TensorRT with ``io="torch"``).
+        """
+        raise NotImplementedError
+
+    def _batches(self, images):
+        x = self.preprocess(images)
+        step = self.max_batch or x.shape[0]
+        return [self.run(x[i : i + step]) for i in range(0, x.shape[0], step)]
+
+    def predict_logits(self, images) -> Tensor:
+        """Logits, float32 Tensor[N, C] on the CPU."""
+        return torch.cat([lg.float().cpu() for lg, _ in self._batches(images)])
+
+    def predict(self, images) -> Tensor:
+        """Probabilities (the graph's fp32 sigmoid), float32 Tensor[N, C] on the CPU."""
+        return torch.cat([p.float().cpu() for _, p in self._batches(images)])
+
+    def labels(self, images) -> list[list[tuple[str, float]]]:
+        """Per image, the (class name, probability) pairs at or above their class's threshold, best first."""
+        res = []
+        for p in self.predict(images):
+            order = p.argsort(descending=True).tolist()
+            res.append([(self.class_names[c], float(p[c])) for c in order if p[c] >= self.thresholds[c]])
+        return res
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, provider={self.provider!r}, classes={len(self.class_names)})"
+
+
+__all__ = ["Runner"]
