@@ -132,7 +132,8 @@ def test_relative_imports_resolve_to_package_modules(tmp_path):
     for f in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py"):
         (pkg / f).write_text("")
     (pkg / "sub" / "__init__.py").write_text("from . import b\nfrom .. import a\n")
-    (pkg / "sub" / "b.py").write_text("def f():\n    from . import Thing\n    from ..a import g\n    import fastmlr.sub\n")
+    (pkg / "sub" / "b.py").write_text(
+        "def f():\n    from . import Thing\n    from ..a import g\n    import fastmlr.sub\n")
     mods = package_modules(str(pkg))
     assert imports_of("fastmlr.sub", str(pkg / "sub" / "__init__.py"), mods) == {"fastmlr.sub.b", "fastmlr.a"}
     assert imports_of("fastmlr.sub.b", str(pkg / "sub" / "b.py"), mods) == {"fastmlr.sub", "fastmlr.a"}

@@ -45,7 +45,8 @@ def _tiny_onnx(path: str) -> str:
         nodes, "tiny",
         [helper.make_tensor_value_info(contract.INPUT_NAME, TensorProto.FLOAT, ["batch", 3, S, S])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", C]) for n in contract.OUTPUT_NAMES],
-        initializer=[numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"), numpy_helper.from_array(W, "W")],
+        initializer=[numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+                     numpy_helper.from_array(W, "W")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
