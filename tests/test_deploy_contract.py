@@ -17,9 +17,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastmlr import ops, runtime
+from fastmlr import runtime
 from fastmlr.deploy import contract
-from fastmlr.deploy.graph import InferenceGraph, export_mode
 from fastmlr.files import atomic_write_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,53 +136,3 @@ def test_the_runtime_never_imports_the_builders(tiny):
     builders = {"fastmlr.deploy.onnx", "fastmlr.deploy.aoti", "fastmlr.deploy.trt", "fastmlr.deploy.graph",
                 "fastmlr.deploy.triton_repo", "fastmlr.export", "fastmlr.ops", "fastmlr.models"}
     assert not loaded & builders, sorted(loaded & builders)
-
-
-class _Folding(nn.Module):
-    """A head whose class weights come from an image-independent computation, with a fold_constants hook."""
-
-    num_classes = C
-
-    def __init__(self):
-        super().__init__()
-        self.seed = nn.Parameter(torch.randn(3, C, generator=torch.Generator().manual_seed(2)))
-        self.calls = 0
-
-    def classifiers(self):
-        self.calls += 1
-        return torch.tanh(self.seed) * 2
-
-    def fold_constants(self):
-        w = self.classifiers().detach().float()
-        self.register_buffer("folded", w, persistent=False)
-        self.classifiers = lambda: self.folded
-
-    def forward(self, x):
-        return x.mean(dim=(2, 3)) @ self.classifiers()
-
-
-def test_inference_graph_folds_constants_on_its_own_copy():
-    m = _Folding().train()
-    x = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        want = x.mean(dim=(2, 3)) @ (torch.tanh(m.seed) * 2)
-        g = InferenceGraph(m)
-        calls_after_fold = g.net.calls
-        logits, probs = g(x)
-        g(x)
-    assert calls_after_fold == 1 and g.net.calls == 1  # computed once, at folding, never per image
-    assert "folded" in dict(g.net.named_buffers()) and not hasattr(m, "folded") and m.calls == 0
-    assert torch.allclose(logits, want, atol=1e-6) and torch.allclose(probs, torch.sigmoid(want), atol=1e-6)
-    assert m.training and not g.net.training
-
-
-def test_export_mode_selects_the_reference_ops_and_restores_the_model():
-    m = nn.Linear(2, 2).train()
-    before = ops.current_backend()
-    with export_mode(m):
-        assert ops.current_backend() == "reference" and not m.training
-    assert ops.current_backend() == before and m.training
-    with pytest.raises(RuntimeError, match="boom"):
-        with export_mode(m):
-            raise RuntimeError("boom")
-    assert m.training and ops.current_backend() == before
