@@ -352,7 +352,7 @@ def test_trt_build_with_fake_module(fake_trt, exported, tmp_path, strongly_typed
     cache.write_bytes(b"OLD")
     engine = str(tmp_path / "m.plan")
     out = deploy.build_trt_engine(exported["fp16"], engine, min_batch=1, opt_batch=4, max_batch=8,
-                                      workspace_gb=2, timing_cache=str(cache))
+                                  workspace_gb=2, timing_cache=str(cache))
     assert out == engine and open(engine, "rb").read() == b"PLAN-BYTES"
     calls = {c[0]: c for c in log}
     assert calls["create_network"] == ("create_network", 1 if strongly_typed_flag else 0)
@@ -472,7 +472,7 @@ def test_triton_repo_with_engine_uses_the_plan(tmp_path, exported):
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"PLAN")
     folder = deploy.write_triton_repo(str(tmp_path / "repo"), exported["sidecar"], engine=str(plan), max_batch=8,
-                                  opt_batch=4)
+                                      opt_batch=4)
     cfg = _parse_pbtxt(open(os.path.join(folder, "config.pbtxt")).read())
     assert cfg["platform"] == ["tensorrt_plan"] and cfg["instance_group"][0][0]["kind"] == ["KIND_GPU"]
     assert open(os.path.join(folder, "1", "model.plan"), "rb").read() == b"PLAN"
@@ -559,7 +559,7 @@ def test_cpp_program_matches_python(model, aoti_package, tmp_path):
 def test_trt_engine_on_gpu(model, exported, tmp_path):
     pytest.importorskip("tensorrt")
     engine = deploy.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=4,
-                                         max_batch=8, timing_cache=str(tmp_path / "t.cache"))
+                                     max_batch=8, timing_cache=str(tmp_path / "t.cache"))
     r = runtime.load(engine)
     x = _val_images(6)
     assert (r.predict(x) - _torch_probs(model, x)).abs().max() <= 1e-2
