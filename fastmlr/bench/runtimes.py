@@ -28,11 +28,11 @@ _LEGACY = {"onnx": "fastmlr.export", "aoti": "fastmlr.export", "trt": "fastmlr.e
 def _deploy(module: str, name: str):
     """``fastmlr.deploy.<module>.<name>``, else the same function from the modules it came from."""  # until fastmlr.deploy lands
     try:
-        return getattr(importlib.import_module(f"fastmlr.deploy.{module}"), name)
+        mod = importlib.import_module(f"fastmlr.deploy.{module}")
     except ImportError:
-        pass
+        mod = None
     try:
-        return getattr(importlib.import_module(_LEGACY[module]), name)
+        return getattr(mod or importlib.import_module(_LEGACY[module]), name)
     except (ImportError, AttributeError) as e:
         raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
 
