@@ -26,10 +26,10 @@ from .runtimes import RUNTIMES
 
 QUICK = dict(backbone="resnet18", image_size=64, num_classes=10, warmup=2, min_iters=15, max_iters=300, max_time=10.0,
              target_spread=0.02, mem_iters=3, batch_sizes=[1], models=["baseline", "srdl", "mlgcn"],
-             runtimes=["eager", "onnxrt-fp32"], train_batch_size=2)
+             runtimes=["eager", "onnxrt-fp32"], train_batch_size=2, threads=1)
 DEFAULTS = dict(backbone="resnet101", image_size=448, num_classes=80, warmup=5, min_iters=20, max_iters=500,
                 max_time=120.0, target_spread=0.01, mem_iters=5, batch_sizes=[1], models=None, runtimes=None,
-                train_batch_size=4)
+                train_batch_size=4, threads=None)
 
 DESCRIPTION = "the SRDL paper's inference-time table (table 3), measured here on every runtime"
 
@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fastmlr.ops backend inside the PyTorch runtimes (default: the dispatch's choice)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: their own defaults); on a loaded machine "
-                   "fewer threads than cores avoids OpenMP threads waiting on each other")
+                   "fewer threads than cores avoids OpenMP threads waiting on each other (quick: 1)")
     p.add_argument("--quick", action="store_true",
                    help="small configuration (resnet18, 64 px, 10 classes, baseline/srdl/mlgcn, eager and onnxrt-fp32, "
-                   "15 to 300 rounds, 10 s per runtime); explicit flags still win")
+                   "15 to 300 rounds, 10 s per runtime, 1 CPU thread); explicit flags still win")
     p.add_argument("--train", action="store_true", help="add the forward+backward table (reference vs fused ops)")
     p.add_argument("--train-batch-size", type=int, default=None, help="batch of the --train table (default 4)")
     p.add_argument("--isolate", choices=["auto", "on", "off"], default="auto",
@@ -151,7 +151,7 @@ def resolve_config(args) -> dict:
                              f"expected one of {', '.join(avail)}")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads: expected an integer >= 1, got {args.threads}")
-    cfg["threads"] = args.threads
+    cfg["threads"] = base["threads"] if args.threads is None else args.threads
     cfg["isolate"] = (not args.quick) if args.isolate == "auto" else args.isolate == "on"
     cfg["quick"] = bool(args.quick)
     return cfg

@@ -20,13 +20,14 @@ class SkipCell(Exception):
     """This runtime cannot run here; the message says why."""
 
 
-# until fastmlr.deploy lands
+# until fastmlr.deploy lands: where its functions live before it exists
 _LEGACY = {"onnx": "fastmlr.export", "aoti": "fastmlr.export", "trt": "fastmlr.export_trt",
            "probe": "fastmlr.export_trt"}
 
 
+# until fastmlr.deploy lands
 def _deploy(module: str, name: str):
-    """``fastmlr.deploy.<module>.<name>``, else the same function from the modules it came from."""  # until fastmlr.deploy lands
+    """``fastmlr.deploy.<module>.<name>``, else the same function from the modules it came from."""
     try:
         mod = importlib.import_module(f"fastmlr.deploy.{module}")
     except ImportError:
@@ -37,8 +38,9 @@ def _deploy(module: str, name: str):
         raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
 
 
+# until fastmlr.deploy lands (then: runner.run)
 def _runner_call(runner) -> Callable:
-    """The runner's public ``run(x) -> (logits, probs)``."""  # until fastmlr.deploy lands (then: runner.run)
+    """The runner's public ``run(x) -> (logits, probs)``."""
     return getattr(runner, "run", None) or runner._run
 
 
