@@ -7,6 +7,7 @@ times per-call noise; the timers read the fake clock, so every figure here is de
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -162,3 +163,15 @@ def test_min_and_max_rounds_are_checked():
     m = FakeMachine()
     with pytest.raises(ValueError, match="min_rounds"):
         interleaved_times({"A": m.model("A", 0.1)}, timer=CallTimer("cpu", clock=m.clock), min_rounds=5, max_rounds=4)
+
+
+def test_cpu_clock_leaves_out_waiting_and_the_wall_clock_does_not():
+    def waits_then_works():
+        time.sleep(0.05)  # descheduled, as when other processes hold the cores
+        sum(i * i for i in range(20000))
+
+    wall = CallTimer.named("cpu", "wall")(waits_then_works)
+    cpu = CallTimer.named("cpu", "cpu")(waits_then_works)
+    assert wall >= 0.05 and cpu < 0.04 and cpu > 0
+    with pytest.raises(ValueError, match="unknown clock"):
+        CallTimer.named("cpu", "sundial")

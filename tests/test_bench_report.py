@@ -124,6 +124,7 @@ def test_timing_flags():
     q = _cfg("--quick")
     assert (q["min_iters"], q["max_iters"], q["max_time"], q["iters"]) == (15, 300, 10.0, None)
     assert q["runtimes"] == ["eager", "onnxrt-fp32"] and q["device"] == "cpu" and q["isolate"] is False
+    assert q["clock"] == "cpu" and _cfg()["clock"] == "wall" and _cfg("--quick", "--clock", "wall")["clock"] == "wall"
     assert q["threads"] == 1 and _cfg("--quick", "--threads", "2")["threads"] == 2 and _cfg()["threads"] is None
     fixed = _cfg("--quick", "--iters", "7")
     assert fixed["min_iters"] == fixed["max_iters"] == 7

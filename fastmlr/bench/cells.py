@@ -102,7 +102,8 @@ def run_cell(spec: dict) -> dict:
             for b in spec["batch_sizes"]:
                 x = example_fn(spec["image_size"], input_device)(b)
                 meter.start()
-                secs = time_calls(fn, x, spec["iters"], spec["warmup"], device)
+                secs = time_calls(fn, x, spec["iters"], spec["warmup"], device,
+                                  CallTimer.named(device, spec.get("clock", "wall")))
                 cell["batches"][str(b)] = {**summarize(secs, b), **meter.stop(), "timing": "alone"}
         cell["status"] = "ok"
     except SkipCell as e:
@@ -132,7 +133,7 @@ def run_group(spec: dict, timer: CallTimer | None = None) -> list[dict]:
     why = rt.why_not(device)
     if why:
         return [{**c, "status": "skipped", "reason": why} for c in cells.values()]
-    timer = timer or CallTimer(device)
+    timer = timer or CallTimer.named(device, spec.get("clock", "wall"))
     prepared = {}
     try:
         with _ops_backend(spec):

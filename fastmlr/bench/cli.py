@@ -22,14 +22,15 @@ from .cells import (
     run_train_cell,
 )
 from .report import PAPER_MS, PAPER_ONLY_MS, add_overheads, format_markdown, plot, uncertain_overheads
+from .measure import CLOCKS
 from .runtimes import RUNTIMES
 
 QUICK = dict(backbone="resnet18", image_size=64, num_classes=10, warmup=2, min_iters=15, max_iters=300, max_time=10.0,
              target_spread=0.02, mem_iters=3, batch_sizes=[1], models=["baseline", "srdl", "mlgcn"],
-             runtimes=["eager", "onnxrt-fp32"], train_batch_size=2, threads=1)
+             runtimes=["eager", "onnxrt-fp32"], train_batch_size=2, threads=1, clock="cpu")
 DEFAULTS = dict(backbone="resnet101", image_size=448, num_classes=80, warmup=5, min_iters=20, max_iters=500,
                 max_time=120.0, target_spread=0.01, mem_iters=5, batch_sizes=[1], models=None, runtimes=None,
-                train_batch_size=4, threads=None)
+                train_batch_size=4, threads=None, clock="wall")
 
 DESCRIPTION = "the SRDL paper's inference-time table (table 3), measured here on every runtime"
 
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-spread", type=float, default=None,
                    help="stop once every overhead's 90%% interval is within +- this fraction (default 0.01; quick 0.02)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls of each model first (default 5)")
+    p.add_argument("--clock", choices=["auto", *CLOCKS], default="auto",
+                   help="what a CPU call's time is: wall (latency) or cpu (the process's CPU time, which waits for "
+                   "a core do not inflate; for comparing models on a loaded machine). auto: cpu with --quick, else "
+                   "wall. CUDA calls are timed by CUDA events either way")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     p.add_argument("--ops-backend", default=None,
                    help="fastmlr.ops backend inside the PyTorch runtimes (default: the dispatch's choice)")
@@ -60,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "fewer threads than cores avoids OpenMP threads waiting on each other (quick: 1)")
     p.add_argument("--quick", action="store_true",
                    help="small configuration (resnet18, 64 px, 10 classes, baseline/srdl/mlgcn, eager and onnxrt-fp32, "
-                   "15 to 300 rounds, 10 s per runtime, 1 CPU thread); explicit flags still win")
+                   "15 to 300 rounds, 10 s per runtime, 1 CPU thread, CPU-time clock); explicit flags still win")
     p.add_argument("--train", action="store_true", help="add the forward+backward table (reference vs fused ops)")
     p.add_argument("--train-batch-size", type=int, default=None, help="batch of the --train table (default 4)")
     p.add_argument("--isolate", choices=["auto", "on", "off"], default="auto",
@@ -152,13 +157,14 @@ def resolve_config(args) -> dict:
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads: expected an integer >= 1, got {args.threads}")
     cfg["threads"] = base["threads"] if args.threads is None else args.threads
+    cfg["clock"] = base["clock"] if args.clock == "auto" else args.clock
     cfg["isolate"] = (not args.quick) if args.isolate == "auto" else args.isolate == "on"
     cfg["quick"] = bool(args.quick)
     return cfg
 
 
 _GROUP_KEYS = ("backbone", "image_size", "num_classes", "warmup", "min_iters", "max_iters", "max_time",
-               "target_spread", "mem_iters", "batch_sizes", "device", "threads", "ops_backend", "models")
+               "target_spread", "mem_iters", "batch_sizes", "device", "threads", "ops_backend", "models", "clock")
 
 
 def _merge_memory(cell: dict, mem: dict) -> None:

@@ -5,8 +5,8 @@ are timed *interleaved* in one process: round r calls every model once, in an
 order rotated by r (A B, B A, A B ...), so a burst of load from another
 process slows every model alike instead of one model's whole block of calls.
 Rounds go on until the spread of every overhead is small enough, or a time cap
-or a maximum is reached; the spread is a bootstrap interval over rounds (pairs
-stay pairs), and it is reported beside the overhead.
+or a maximum is reached; the spread is a bootstrap interval over blocks of
+consecutive rounds (pairs stay pairs), and it is reported beside the overhead.
 """
 
 from __future__ import annotations
@@ -64,9 +64,17 @@ LEVEL = 0.90  # the overhead's interval: 5th to 95th percentile of its bootstrap
 
 
 def _bootstrap_medians(rows: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """rows: (k, n) samples of k series paired by column; returns (resamples, k) medians of resampled columns."""
+    """rows: (k, n) samples of k series paired by column; returns (resamples, k) medians of resampled columns.
+
+    A moving-block bootstrap (blocks of about n^(1/3) consecutive rounds): machine load comes in spells
+    that last several rounds, and resampling single rounds would treat a spell's rounds as independent,
+    which makes the interval too narrow.
+    """
     n = rows.shape[1]
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    block = max(1, min(n, int(round(n ** (1 / 3)))))
+    n_blocks = -(-n // block)
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, size=(resamples, n_blocks))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
     return np.median(rows[:, idx], axis=2).T
 
 
@@ -123,18 +131,36 @@ def spread_small(samples: dict[str, list[float]], baseline: str | None, target: 
 # -- timers -------------------------------------------------------------------------------------------
 
 
+CLOCKS = {
+    "wall": "wall-clock latency (time.perf_counter)",
+    "cpu": "CPU time of the process (time.process_time): the compute, without the waits for a core that "
+           "other processes cause",
+}
+
+
 class CallTimer:
-    """Seconds one call takes: CUDA events on a GPU, ``clock`` (the monotonic perf_counter) on the CPU.
+    """Seconds one call takes: CUDA events on a GPU, ``clock`` on the CPU (the monotonic perf_counter, or the
+    process's CPU time). ``now()`` reads ``wall_clock`` (default: ``clock``), for time caps.
 
     ``clock`` can be replaced (tests drive a fake clock that the fake models advance).
     """
 
-    def __init__(self, device: torch.device | str | None = None, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, device: torch.device | str | None = None, clock: Callable[[], float] = time.perf_counter,
+                 wall_clock: Callable[[], float] | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.clock = clock
+        self.wall_clock = wall_clock or clock
+
+    @classmethod
+    def named(cls, device, clock: str = "wall") -> "CallTimer":
+        """The timer for ``clock`` ("wall" or "cpu", see CLOCKS); on CUDA always events."""
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; expected one of {', '.join(CLOCKS)}")
+        tick = time.process_time if clock == "cpu" else time.perf_counter
+        return cls(device, clock=tick, wall_clock=time.perf_counter)
 
     def now(self) -> float:
-        return self.clock()
+        return self.wall_clock()
 
     def sync(self) -> None:
         if self.device.type == "cuda":

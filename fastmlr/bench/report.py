@@ -7,7 +7,7 @@ the paper's RTX 3070 latencies in a panel of their own, and the overheads
 
 from __future__ import annotations
 
-from .measure import LEVEL, overhead, overhead_interval
+from .measure import CLOCKS, LEVEL, overhead, overhead_interval
 
 # Paper table 3: ms per image, ResNet-101, 448 x 448, RTX 3070, PyTorch.
 PAPER_MS = {
@@ -106,8 +106,9 @@ def format_markdown(result: dict) -> str:
         f"- Config: {cfg['backbone']}, {cfg['image_size']} x {cfg['image_size']}, {cfg['num_classes']} classes, "
         f"batch {', '.join(map(str, cfg['batch_sizes']))}, device {cfg['device']}.",
         _timing_line(cfg),
-        "- A call: one inference on a prepared input tensor, outputs ready (CUDA events on a GPU, "
-        "perf_counter on the CPU); export/compilation excluded (prepare_s in bench.json).",
+        "- A call: one inference on a prepared input tensor, outputs ready; timed by "
+        + ("CUDA events" if cfg["device"].startswith("cuda") else CLOCKS[cfg.get("clock", "wall")])
+        + "; export/compilation excluded (prepare_s in bench.json).",
     ]
     for bs in cfg["batch_sizes"]:
         k = str(bs)
