@@ -110,9 +110,11 @@ def format_markdown(result: dict) -> str:
         + ("CUDA events" if cfg["device"].startswith("cuda") else CLOCKS[cfg.get("clock", "wall")])
         + "; export/compilation excluded (prepare_s in bench.json).",
     ]
+    cpu_clock = cfg.get("clock") == "cpu" and not cfg["device"].startswith("cuda")
+    what = "CPU time per call" if cpu_clock else "Latency per call"
     for bs in cfg["batch_sizes"]:
         k = str(bs)
-        lines += ["", f"## Latency per call, batch {bs}: median ms [p25-p75], overhead over baseline on the same "
+        lines += ["", f"## {what}, batch {bs}: median ms [p25-p75], overhead over baseline on the same "
                       f"runtime [{int(100 * LEVEL)}% interval]", ""]
         head = ["model"] + runtimes
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -142,7 +144,8 @@ def format_markdown(result: dict) -> str:
                               f"has a {int(100 * LEVEL)}% interval {_pct(lo)} to {_pct(hi)}, which reaches zero: "
                               "the spread is larger than the overhead, so not even its sign is measured here "
                               "(a quieter machine or a larger --max-time narrows it)."]
-        lines += ["", f"## Throughput and peak memory, batch {bs}: images/s, peak MB", ""]
+        lines += ["", f"## Throughput and peak memory, batch {bs}: images/s{' of CPU time' if cpu_clock else ''}, "
+                      "peak MB", ""]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name in models:
             row = [name]
