@@ -161,3 +161,24 @@ def test_module_sizes():
         if name.endswith(".py"):
             with open(os.path.join(folder, name)) as fh:
                 assert sum(1 for _ in fh) <= 450, name
+
+
+@pytest.mark.slow
+def test_isolated_run_takes_memory_per_cell_and_timing_from_one_interleaved_process(tmp_path):
+    import json
+
+    out = str(tmp_path / "iso")
+    assert bench.main(["--device", "cpu", "--models", "srdl", "--runtimes", "eager", "--backbone", "resnet18",
+                       "--image-size", "32", "--num-classes", "3", "--iters", "4", "--warmup", "1", "--threads", "1",
+                       "--isolate", "on", "--out", out, "--no-progress"]) == 0
+    with open(os.path.join(out, "bench.json")) as fh:
+        r = json.load(fh)
+    assert r["config"]["isolate"] is True and r["config"]["clock"] == "wall"
+    st = {c["model"]: c["batches"]["1"] for c in r["cells"] if c["status"] == "ok"}
+    assert set(st) == {"baseline", "srdl"}
+    for s in st.values():
+        assert s["timing"] == "interleaved" and s["rounds"] == 4 and s["interleaved_with"] == ["baseline", "srdl"]
+        assert s["peak_mem_mb"] > 0 and "resident set" in s["mem_kind"]
+    assert st["srdl"]["overhead_vs_baseline"] == pytest.approx(
+        st["srdl"]["median_ms"] / st["baseline"]["median_ms"] - 1)
+    assert len(st["srdl"]["overhead_interval"]) == 2
