@@ -37,8 +37,7 @@ def test_summarize_fixed_samples():
 
 def test_unknown_flags_name_what_was_expected(tmp_path):
     with pytest.raises(SystemExit, match="--backends: unknown"):
-        with pytest.warns(FutureWarning, match="--runtimes"):
-            bench.main(["--backends", "warp-drive", "--device", "cpu", "--out", str(tmp_path)])
+        bench.main(["--backends", "warp-drive", "--device", "cpu", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--runtimes: unknown"):
         bench.main(["--runtimes", "warp-drive", "--device", "cpu", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--models: unknown"):

@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 
 import torch
 
@@ -87,8 +86,8 @@ def _runtimes(args, base) -> list[str]:
     if args.backends is not None:
         if args.runtimes is not None:
             raise SystemExit("--backends: give --runtimes only (--backends is its deprecated name)")
-        warnings.warn("python -m fastmlr.bench: --backends is deprecated, use --runtimes (a backend is a "
-                      "fastmlr.ops implementation; the columns are runtimes)", FutureWarning, stacklevel=3)
+        print("bench: --backends is deprecated, use --runtimes (a backend is a fastmlr.ops implementation; the "
+              "columns are runtimes)", file=sys.stderr)
         flag, value = "--backends", args.backends
     runtimes = _csv(value) if value else (base["runtimes"] or list(RUNTIMES))
     bad = [r for r in runtimes if r not in RUNTIMES]
