@@ -1,0 +1,219 @@
+"""Runtimes: the columns of the inference table (how a model is run), each saying why it cannot run here.
+
+A runtime (PyTorch eager, torch.compile, ONNX Runtime, AOTInductor, TensorRT)
+is not a :mod:`fastmlr.ops` backend (which implementation of SRDL's fused ops
+runs inside it); the bench keeps the two words apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+from typing import Callable
+
+import torch
+
+
+class SkipCell(Exception):
+    """This runtime cannot run here; the message says why."""
+
+
+# until fastmlr.deploy lands: where its functions live before it exists
+_LEGACY = {"onnx": "fastmlr.export", "aoti": "fastmlr.export", "trt": "fastmlr.export_trt",
+           "probe": "fastmlr.export_trt"}
+
+
+# until fastmlr.deploy lands
+def _deploy(module: str, name: str):
+    """``fastmlr.deploy.<module>.<name>``, else the same function from the modules it came from."""
+    try:
+        mod = importlib.import_module(f"fastmlr.deploy.{module}")
+    except ImportError:
+        mod = None
+    try:
+        return getattr(mod or importlib.import_module(_LEGACY[module]), name)
+    except (ImportError, AttributeError) as e:
+        raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
+
+
+# until fastmlr.deploy lands (then: runner.run)
+def _runner_call(runner) -> Callable:
+    """The runner's public ``run(x) -> (logits, probs)``."""
+    return getattr(runner, "run", None) or runner._run
+
+
+def _load_runner(path: str, **kw):
+    from .. import runtime
+
+    return runtime.load(path, **kw)
+
+
+class Runtime:
+    """One column. ``why_not(device)`` says why it cannot run (None if it can); ``prepare`` returns the timed call."""
+
+    name = "?"
+    label = "?"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    timed = "model(images) then sigmoid, PyTorch"
+    torch_alloc = True
+
+    def why_not(self, device: torch.device) -> str | None:
+        if device.type not in self.devices:
+            need = " or ".join("a CUDA GPU" if d == "cuda" else "the CPU" for d in self.devices)
+            have = "no GPU is present" if not torch.cuda.is_available() else f"running on {device.type}"
+            return f"{self.label} needs {need}; {have}"
+        return None
+
+    def prepare(self, model: torch.nn.Module, ctx: dict) -> Callable:
+        raise NotImplementedError
+
+
+class Eager(Runtime):
+    name, label = "eager", "PyTorch eager fp32"
+
+    def prepare(self, model, ctx):
+        def fn(x):
+            with torch.inference_mode():
+                return torch.sigmoid(model(x))
+
+        return fn
+
+
+def _have_cxx() -> bool:
+    return bool(shutil.which("c++") or shutil.which("g++"))
+
+
+class Compile(Runtime):
+    name, label = "compile", "torch.compile (inductor) fp32"
+    timed = "torch.compile(model)(images) then sigmoid; compilation in prepare_s"
+
+    def why_not(self, device):
+        r = super().why_not(device)
+        if r:
+            return r
+        if device.type == "cpu" and not _have_cxx():
+            return "torch.compile on the CPU needs a C++ compiler (c++/g++ not on PATH)"
+        return None
+
+    def prepare(self, model, ctx):
+        compiled = torch.compile(model, dynamic=False)
+
+        def fn(x):
+            with torch.inference_mode():
+                return torch.sigmoid(compiled(x))
+
+        # Compile for every batch size now, so prepare_s holds the compilation and warm-up only warms.
+        for b in ctx["batch_sizes"]:
+            fn(ctx["example"](b))
+        return fn
+
+
+class AutocastFP16(Runtime):
+    name, label = "autocast-fp16", "PyTorch fp16 autocast"
+    devices = ("cuda",)
+    timed = "model(images) under torch.autocast(float16), then sigmoid"
+
+    def prepare(self, model, ctx):
+        def fn(x):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                return torch.sigmoid(model(x).float())
+
+        return fn
+
+
+class OnnxRT(Runtime):
+    timed = "ONNX Runtime session.run on the prepared images (runner.run): logits and probs"
+    torch_alloc = False
+
+    def __init__(self, fp16: bool):
+        self.fp16 = fp16
+        self.name = "onnxrt-fp16" if fp16 else "onnxrt-fp32"
+        self.label = f"ONNX Runtime {'fp16' if fp16 else 'fp32'}"
+
+    def why_not(self, device):
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a GPU host)"
+        if device.type == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return (f"onnxruntime offers only {ort.get_available_providers()} here: it would run on the CPU, "
+                        "not the GPU (pip install onnxruntime-gpu)")
+        return None
+
+    def prepare(self, model, ctx):
+        export_onnx = _deploy("onnx", "export_onnx")
+        path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}.onnx")
+        bs = ctx["batch_sizes"]
+        export_onnx(model.cpu(), path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                    fp16=self.fp16)
+        opts = {"threads": ctx["threads"]} if ctx.get("threads") else {}
+        runner = _load_runner(path, device=ctx["device"].type, **opts)
+        ctx["provider"] = runner.provider
+        ctx["input_device"] = "cpu"  # the ONNX runner takes host tensors
+        return _runner_call(runner)
+
+
+class AOTI(Runtime):
+    name, label = "aoti", "AOTInductor fp32"
+    devices = ("cpu",)
+    timed = "the AOTInductor package's call on the prepared images (runner.run): logits and probs"
+
+    def why_not(self, device):
+        if device.type != "cpu":
+            return "fastmlr.deploy.aoti.export_aoti compiles for the CPU only; a GPU package is not built by it"
+        if not _have_cxx():
+            return "AOTInductor needs a C++ compiler (c++/g++ not on PATH)"
+        return None
+
+    def prepare(self, model, ctx):
+        export_aoti = _deploy("aoti", "export_aoti")
+        path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti.pt2")
+        export_aoti(model.cpu(), path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]))
+        runner = _load_runner(path, device="cpu")
+        ctx["provider"] = runner.provider
+        return _runner_call(runner)
+
+
+class TensorRTFP16(Runtime):
+    name, label = "trt-fp16", "TensorRT fp16"
+    devices = ("cuda",)
+    timed = "TensorRT execution context on the prepared CUDA images (runner.run): logits and probs"
+    torch_alloc = False
+
+    def why_not(self, device):
+        r = super().why_not(device)
+        if r:
+            return r
+        try:
+            unavailable = _deploy("probe", "TRTUnavailable")
+            import_tensorrt = _deploy("probe", "import_tensorrt")
+        except SkipCell as e:
+            return str(e)
+        try:
+            import_tensorrt()
+        except unavailable as e:
+            return str(e)
+        return None
+
+    def prepare(self, model, ctx):
+        export_onnx = _deploy("onnx", "export_onnx")
+        build_trt_engine = _deploy("trt", "build_trt_engine")
+        bs = ctx["batch_sizes"]
+        onnx_path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-trt-fp16.onnx")
+        engine = os.path.join(ctx["workdir"], f"{ctx['model_name']}-fp16.engine")
+        export_onnx(model.cpu(), onnx_path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                    fp16=True)
+        build_trt_engine(onnx_path, engine, min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
+        runner = _load_runner(engine, device="cuda")
+        ctx["provider"] = runner.provider
+        return _runner_call(runner)
+
+
+RUNTIMES: dict[str, Runtime] = {
+    r.name: r
+    for r in (Eager(), Compile(), AutocastFP16(), OnnxRT(False), OnnxRT(True), AOTI(), TensorRTFP16())
+}
