@@ -20,28 +20,12 @@ class SkipCell(Exception):
     """This runtime cannot run here; the message says why."""
 
 
-# until fastmlr.deploy lands: where its functions live before it exists
-_LEGACY = {"onnx": "fastmlr.export", "aoti": "fastmlr.export", "trt": "fastmlr.export_trt",
-           "probe": "fastmlr.export_trt"}
-
-
-# until fastmlr.deploy lands
 def _deploy(module: str, name: str):
-    """``fastmlr.deploy.<module>.<name>``, else the same function from the modules it came from."""
+    """``fastmlr.deploy.<module>.<name>``, loaded when a runtime is prepared (the builders are heavy)."""
     try:
-        mod = importlib.import_module(f"fastmlr.deploy.{module}")
-    except ImportError:
-        mod = None
-    try:
-        return getattr(mod or importlib.import_module(_LEGACY[module]), name)
+        return getattr(importlib.import_module(f"fastmlr.deploy.{module}"), name)
     except (ImportError, AttributeError) as e:
         raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
-
-
-# until fastmlr.deploy lands (then: runner.run)
-def _runner_call(runner) -> Callable:
-    """The runner's public ``run(x) -> (logits, probs)``."""
-    return getattr(runner, "run", None) or runner._run
 
 
 def _load_runner(path: str, **kw):
@@ -153,7 +137,7 @@ class OnnxRT(Runtime):
         runner = _load_runner(path, device=ctx["device"].type, **opts)
         ctx["provider"] = runner.provider
         ctx["input_device"] = "cpu"  # the ONNX runner takes host tensors
-        return _runner_call(runner)
+        return runner.run
 
 
 class AOTI(Runtime):
@@ -174,7 +158,7 @@ class AOTI(Runtime):
         export_aoti(model.cpu(), path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]))
         runner = _load_runner(path, device="cpu")
         ctx["provider"] = runner.provider
-        return _runner_call(runner)
+        return runner.run
 
 
 class TensorRTFP16(Runtime):
@@ -210,7 +194,7 @@ class TensorRTFP16(Runtime):
                          timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
         runner = _load_runner(engine, device="cuda")
         ctx["provider"] = runner.provider
-        return _runner_call(runner)
+        return runner.run
 
 
 RUNTIMES: dict[str, Runtime] = {
