@@ -70,7 +70,7 @@ def run(args) -> dict:
             "--image-size", str(args.image_size), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-step", str(args.lr_step),
             "--weight-decay", "1e-4", "--embeddings", emb, "--seed", str(args.seed),
-            "--workers", str(args.workers), "--out", out, "--device", "cpu",
+            "--workers", str(args.workers), "--out", out, "--device", "cpu", "--overwrite",
         ])
         t0 = time.perf_counter()
         res = train_mod.train(targs)

@@ -30,7 +30,7 @@ def targs(out, fmnist, *extra, model="srdl", epochs=2):
         "--model", model, "--backbone", "resnet18", "--weights", "none", "--data", "mosaics",
         "--data-root", fmnist, "--train-size", "48", "--val-size", "32", "--image-size", "64",
         "--epochs", str(epochs), "--batch-size", "8", "--lr", "1e-3", "--workers", "0",
-        "--out", str(out), "--no-progress", "--quiet", *extra,
+        "--out", str(out), "--device", "cpu", "--no-progress", "--quiet", *extra,
     ]
 
 
