@@ -85,7 +85,7 @@ def load_checkpoint(path: str) -> dict:
             f"(it could run code)"
         ) from None
     except Exception as e:  # truncated, corrupted or not a torch file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise CheckpointMismatch(
             f"checkpoint {path} cannot be read: truncated, corrupted or not a torch file ({type(e).__name__}: {first})"
         ) from None

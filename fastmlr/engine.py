@@ -8,6 +8,7 @@ exit status 2, the traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Callable
 
@@ -27,6 +28,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     # OSError: a missing, unreadable or unwritable file the user named.
     return (UsageError, ValueError, OSError, BackendError)
+
+
+@contextlib.contextmanager
+def backend_flag(name: str | None, flag: str = "--backend"):
+    """``fastmlr.ops.use_backend(name)`` for a command's flag (nothing when ``name`` is empty).
+
+    An unknown name is a :class:`UsageError` naming the flag, raised on entering.
+    """
+    with contextlib.ExitStack() as stack:
+        if name:
+            from .ops import BackendError, use_backend
+
+            try:
+                stack.enter_context(use_backend(name))
+            except BackendError as e:
+                raise UsageError(f"{flag} {name}: {one_line(e)}") from None
+        yield
 
 
 def one_line(e: BaseException) -> str:

@@ -10,13 +10,11 @@ import argparse
 import os
 import sys
 
-from contextlib import nullcontext
-
 import torch
 
 from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, model_from_checkpoint
 from .data import build_dataset, collate_skip
-from .engine import UsageError, predict_dataset, resolve_device, run_command
+from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, format_per_class_ap, multilabel_metrics
 
 
@@ -44,14 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args, write: bool = True) -> dict:
     """Metrics of ``args.checkpoint`` on the data; ``write``: also write them to the JSON (``m["json"]``)."""
-    from . import ops
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
     if args.image_size is not None and args.image_size < 1:
         raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
     device = resolve_device(args.device)
-    with ops.use_backend(args.backend) if args.backend else nullcontext():
+    with backend_flag(args.backend):
         m = _evaluate(args, device)
     if write:
         write_json(m)

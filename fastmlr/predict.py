@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
-from .engine import UsageError, resolve_device, run_command
+from .engine import UsageError, backend_flag, resolve_device, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +67,10 @@ def draw_attention(images: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor
 
 
 def predict(args) -> list[dict]:
-    from . import ops
-
     if args.image_size is not None and args.image_size < 1:
         raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
     device = resolve_device(args.device)
-    with ops.use_backend(args.backend) if args.backend else nullcontext():
+    with backend_flag(args.backend):
         return _predict(args, device)
 
 

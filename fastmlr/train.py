@@ -42,7 +42,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import build_dataset, collate_skip
-from .engine import UsageError, predict_dataset, resolve_device, run_command
+from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, multilabel_metrics
 from .models import create_model
 
@@ -171,10 +171,8 @@ def _gather_rng(world: int) -> list:
 
 def train(args) -> dict:
     """Check the flags, then train under ``--backend`` (a ``fastmlr.ops.use_backend`` block)."""
-    from . import ops
-
     train_args.check_args(args)
-    with ops.use_backend(args.backend) if args.backend else nullcontext():
+    with backend_flag(args.backend):
         return _train(args)
 
 
