@@ -262,9 +262,15 @@ def test_weights_overflowing_in_the_optimiser_stop_cleanly(env, tmp_path, monkey
 def test_overwrite_replaces_an_earlier_run(env, tmp_path):
     out = resume_dir(env, tmp_path, env.ckpt)
     (out / "best.pt").write_bytes(b"old")
+    (out / "log.jsonl").write_text(json.dumps({"epoch": 7}) + "\n")
+    stale = out / ".metrics.json.k1ll3d.tmp"  # a write of an earlier process that was killed
+    stale.write_text("{")
+    os.utime(stale, (time.time() - 600, time.time() - 600))
     assert run_main(train, targs(env, out, "--overwrite", "--seed", "5")) == 0
     assert load_checkpoint(str(out / "last.pt"))["args"]["seed"] == 5
     assert (out / "best.pt").read_bytes() != b"old"
+    assert [json.loads(x)["epoch"] for x in open(out / "log.jsonl")] == [1]
+    assert not stale.exists()
 
 
 def test_resume_with_a_new_lr_applies_it_and_records_it(env, tmp_path):

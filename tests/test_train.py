@@ -67,6 +67,23 @@ def test_resume_gives_the_same_result(tmp_path, fmnist):
     assert [json.loads(x)["epoch"] for x in open(part / "log.jsonl")] == [1, 2]
 
 
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    from fastmlr.checkpoint import rng_state, save_checkpoint, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    path = str(tmp_path / "rng.pt")
+    save_checkpoint(path, {"model": "m", "num_classes": 1, "config": {}, "class_names": ["a"], "state_dict": {},
+                           "rng": [rng_state()]})
+    want = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)])
+    set_rng_state(load_checkpoint(path)["rng"][0])  # read back with weights_only=True
+    got = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)])
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2] == want[2]
+
+
 def test_resume_refuses_another_model(tmp_path, fmnist):
     out = tmp_path / "r"
     train.train(train.build_parser().parse_args(targs(out, fmnist, model="baseline", epochs=1)))
