@@ -210,7 +210,7 @@ def _train(args) -> dict:
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            _TrainForward(model), device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
@@ -276,7 +276,7 @@ def _train(args) -> dict:
             images, y, ign = images.to(device), y.to(device), ign.to(device)
             ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with ctx:
-                out = model.forward_train(images) if world == 1 else _ddp_forward(train_model, images)
+                out = model.forward_train(images) if world == 1 else train_model(images)
                 loss = model.loss(out, y, ign)
             if not torch.isfinite(loss):
                 bar.close()
@@ -367,15 +367,18 @@ def _train(args) -> dict:
     return {"history": history, "classes": classes, "out": args.out}
 
 
-def _ddp_forward(ddp_model, images):
-    # DDP wraps forward(); route forward_train through it so gradients are reduced.
-    inner = ddp_model.module
-    orig = inner.forward
-    inner.forward = inner.forward_train
-    try:
-        return ddp_model(images)
-    finally:
-        inner.forward = orig
+class _TrainForward(torch.nn.Module):
+    """``forward`` = the model's ``forward_train``: what DistributedDataParallel wraps, so gradients are reduced.
+
+    (Swapping the model's own ``forward`` would recurse: ``forward_train`` calls ``self(images)``.)
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.forward_train(images)
 
 
 def _start_rng(args, ckpt, start_epoch: int, rank: int, world: int, log) -> None:
