@@ -321,3 +321,18 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     t, _ = load_image(tmp_path / "deep.png", 64)
     assert float(t.std()) > 0.5  # a clipped image would be almost constant
 
+
+
+def test_backend_flag_is_the_ops_context_of_the_whole_command(env, tmp_path, monkeypatch):
+    from fastmlr import ops
+    from fastmlr.models.base import MLRModel
+
+    seen = []
+    real = MLRModel.forward
+    monkeypatch.setattr(MLRModel, "forward", lambda self, x: (seen.append(ops.current_backend()), real(self, x))[1])
+    monkeypatch.delenv("FASTMLR_BACKEND", raising=False)
+    assert run_main(train, targs(env, tmp_path / "o", "--backend", "reference")) == 0
+    assert run_main(evaluate, ev(env, "--backend", "reference", "--json", tmp_path / "e.json")) == 0
+    assert run_main(predict, pr(env, env.ckpt, "--backend", "reference")) == 0
+    assert seen and set(seen) == {"reference"}, seen
+    assert ops.current_backend() is None  # the block ended with the command
