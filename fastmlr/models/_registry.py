@@ -8,6 +8,7 @@ those names and never test a model's name.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,7 +61,13 @@ def create_model(name: str, num_classes: int, **cfg) -> nn.Module:
     dropped: the backend is chosen with ``fastmlr.ops.use_backend`` around the calls.
     """
     info = model_info(name)
-    cfg.pop("backend", None)
+    backend = cfg.pop("backend", None)
+    if backend is not None:
+        warnings.warn(
+            f"create_model: backend={backend!r} is no longer a model option and is ignored; "
+            f"choose the ops backend with `with fastmlr.ops.use_backend({backend!r}):` around the calls",
+            stacklevel=2,
+        )
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = info.factory(int(num_classes), **cfg)
