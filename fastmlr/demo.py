@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader processes; 0 = in the training process (mosaics render at ~2000 img/s, "
                    "a worker would only take a core from the model)")
     p.add_argument("--quick", action="store_true", help="a tiny configuration for smoke tests (about a minute)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -70,7 +71,7 @@ def run(args) -> dict:
             "--image-size", str(args.image_size), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-step", str(args.lr_step),
             "--weight-decay", "1e-4", "--embeddings", emb, "--seed", str(args.seed),
-            "--workers", str(args.workers), "--out", out, "--device", "cpu",
+            "--workers", str(args.workers), "--out", out, "--device", "cpu", "--overwrite",
         ])
         t0 = time.perf_counter()
         res = train_mod.train(targs)
@@ -111,8 +112,15 @@ def _attention_figure(args) -> str:
 
 
 def main(argv=None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+    from .engine import run_command
+
+    args = build_parser().parse_args(argv)
+
+    def work() -> int:
+        run(args)
+        return 0
+
+    return run_command(work, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""python -m fastmlr.evaluate: the paper's metric table (and per-class AP) of a checkpoint on a dataset."""
+"""python -m fastmlr.evaluate: the paper's metric table (and per-class AP) of a checkpoint on a dataset.
+
+The figures are printed before the JSON is written, so a JSON that cannot be
+written still leaves them on the screen (and the exit status says it failed).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointMismatch, atomic_write_json, check_compatible, load_checkpoint, model_from_checkpoint
+from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, model_from_checkpoint
 from .data import build_dataset, collate_skip
+from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, format_per_class_ap, multilabel_metrics
-from .engine import predict_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write every figure here (default: next to the checkpoint)")
     p.add_argument("--per-class", action="store_true", help="print per-class AP")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
-def evaluate(args) -> dict:
+def evaluate(args, write: bool = True) -> dict:
+    """Metrics of ``args.checkpoint`` on the data; ``write``: also write them to the JSON (``m["json"]``)."""
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
+    if args.image_size is not None and args.image_size < 1:
+        raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
+    device = resolve_device(args.device)
+    with backend_flag(args.backend):
+        m = _evaluate(args, device)
+    if write:
+        write_json(m)
+    return m
+
+
+def write_json(m: dict) -> None:
+    try:
+        atomic_write_json(m["json"], {k: v for k, v in m.items() if k != "json"})
+    except OSError as e:
+        raise UsageError(f"--json {m['json']}: cannot be written ({e.strerror or e})") from None
+
+
+def _evaluate(args, device) -> dict:
     ckpt = load_checkpoint(args.checkpoint)
     size = args.image_size or ckpt.get("image_size") or 448
     kw = {}
@@ -48,8 +74,7 @@ def evaluate(args) -> dict:
     split = args.split or ("test" if args.data == "voc" else "val")
     ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
     check_compatible(ckpt, class_names=list(ds.classes))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model_from_checkpoint(ckpt, backend=args.backend).to(device)
+    model = model_from_checkpoint(ckpt).to(device)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip, shuffle=False
     )
@@ -59,19 +84,16 @@ def evaluate(args) -> dict:
         checkpoint=os.path.abspath(args.checkpoint), data=args.data, split=split, image_size=size,
         skipped_images=skipped, class_names=list(ds.classes), model=ckpt["model"],
     )
-    out = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split}.json"
-    atomic_write_json(out, m)
-    m["json"] = out
+    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split}.json"
     return m
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        m = evaluate(args)
-    except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _show(args, evaluate(args, write=False)), debug=args.debug)
+
+
+def _show(args, m: dict) -> int:
     print(format_metrics_table({f"{m['model']} on {m['data']}/{m['split']}": m}))
     print(f"top-3: CP {100 * m['CP_top3']:.1f}  CR {100 * m['CR_top3']:.1f}  CF1 {100 * m['CF1_top3']:.1f}  "
           f"OP {100 * m['OP_top3']:.1f}  OR {100 * m['OR_top3']:.1f}  OF1 {100 * m['OF1_top3']:.1f}")
@@ -82,6 +104,7 @@ def main(argv=None) -> int:
         print(f"{m['skipped_images']} unreadable images skipped")
     if args.per_class:
         print(format_per_class_ap(m, m["class_names"]))
+    write_json(m)
     print(f"wrote {m['json']}")
     return 0
 

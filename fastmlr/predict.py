@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .checkpoint import CheckpointMismatch, atomic_write_bytes, load_checkpoint, model_from_checkpoint
+from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
+from .engine import UsageError, backend_flag, resolve_device, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw each image with the spatial attention of its top-3 categories")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default=None)
-    p.add_argument("--backend", default=None)
+    p.add_argument("--backend", default=None, help="fastmlr.ops backend")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -66,10 +67,17 @@ def draw_attention(images: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor
 
 
 def predict(args) -> list[dict]:
+    if args.image_size is not None and args.image_size < 1:
+        raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
+    device = resolve_device(args.device)
+    with backend_flag(args.backend):
+        return _predict(args, device)
+
+
+def _predict(args, device) -> list[dict]:
     ckpt = load_checkpoint(args.checkpoint)
     size = args.image_size or ckpt.get("image_size") or 448
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model_from_checkpoint(ckpt, backend=args.backend).to(device).eval()
+    model = model_from_checkpoint(ckpt).to(device).eval()
     names = ckpt["class_names"]
     tensors = [load_image(p, size)[0] for p in args.images]
     batch = torch.stack(tensors).to(device)
@@ -97,11 +105,10 @@ def predict(args) -> list[dict]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        results = predict(args)
-    except (CheckpointMismatch, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _show(args, predict(args)), debug=args.debug)
+
+
+def _show(args, results: list[dict]) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:

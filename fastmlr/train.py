@@ -5,8 +5,11 @@ divided by 10 every 10 epochs, 20 epochs, weight decay 5e-4, 448 px with the
 multi-scale crop augmentation. Checkpoints are written atomically to
 ``OUT/last.pt`` (and ``OUT/best.pt``) and carry the config, class names and
 label embeddings; ``--resume`` continues from ``OUT/last.pt`` to the same
-result as an uninterrupted run (every epoch's randomness is derived from
-``--seed`` and the epoch number, not from what ran before). Multi-GPU:
+result as an uninterrupted run (``last.pt`` holds every RNG state, of every
+rank, so the resumed run continues the same random streams). A folder that
+holds an earlier run is only written with ``--resume`` or ``--overwrite``.
+Flags and data are checked before any work: a mistake ends with one line
+``error: ...`` and exit status 2 (``--debug`` shows the traceback). Multi-GPU:
 ``torchrun --nproc_per_node=G -m fastmlr.train ...`` (rank 0 writes).
 """
 
@@ -26,16 +29,20 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from . import __version__
+from . import __version__, train_args
 from .checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     check_compatible,
     load_checkpoint,
+    load_state,
+    remove_stale_temps,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from .data import build_dataset, collate_skip
-from .engine import predict_dataset, resolve_device
+from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, multilabel_metrics
 from .models import create_model
 
@@ -45,53 +52,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastmlr.train", description=__doc__.splitlines()[0])
-    a = p.add_argument_group("model")
-    a.add_argument("--model", default="srdl", help="registered model name (fastmlr.models.list_models())")
-    a.add_argument("--backbone", default="resnet101", help="resnet18 | resnet50 | resnet101 | mobilenet_v2")
-    a.add_argument(
-        "--weights", default=None,
-        help="backbone ImageNet weights: a torchvision state-dict file, 'imagenet' for packaged ones "
-        "(mobilenet_v2), or 'none' (default: 'imagenet' when packaged, else none)",
-    )
-    a.add_argument("--embeddings", default="random", help="label embedding source (see fastmlr.labels)")
-    a.add_argument(
-        "--ablation", default=None,
-        help="ablation preset of the model (SRDL: car, car_no_gcn, car_no_ca, car_no_sa, car_oe; "
-        "AAMN/MMDSR: see docs/models/)",
-    )
-    a.add_argument("--no-oe", action="store_true", help="SRDL without object erasing")
-    a.add_argument("--oe-k", type=int, default=3)
-    a.add_argument("--oe-alpha", type=float, default=0.5)
-    a.add_argument("--backend", default=None, help="fastmlr.ops backend (default: fastest for the device)")
-    d = p.add_argument_group("data")
-    d.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
-    d.add_argument("--data-root", default=None, help="dataset folder (voc, coco), JSONL file (list), idx folder (mosaics)")
-    d.add_argument("--classes-file", default=None, help="class names, one per line (list format)")
-    d.add_argument("--train-split", default=None, help="default: trainval (voc), train (others)")
-    d.add_argument("--val-split", default=None, help="default: test (voc), val (others)")
-    d.add_argument("--val-data-root", default=None, help="JSONL for validation (list format)")
-    d.add_argument("--train-size", type=int, default=4000, help="mosaics: number of training images")
-    d.add_argument("--val-size", type=int, default=1000, help="mosaics: number of validation images")
-    d.add_argument("--image-size", type=int, default=448)
-    d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    o = p.add_argument_group("optimisation (paper 4.2)")
-    o.add_argument("--epochs", type=int, default=20)
-    o.add_argument("--batch-size", type=int, default=16)
-    o.add_argument("--lr", type=float, default=1e-5)
-    o.add_argument("--lr-step", type=int, default=10, help="divide lr by --lr-gamma every this many epochs")
-    o.add_argument("--lr-gamma", type=float, default=0.1)
-    o.add_argument("--weight-decay", type=float, default=5e-4)
-    o.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
-    o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="fp16 autocast (CUDA only); auto = on for CUDA")
-    r = p.add_argument_group("run")
-    r.add_argument("--out", default="runs/train", help="output folder: last.pt, best.pt, log.jsonl, metrics.json")
-    r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    r.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--quiet", action="store_true", help="only the final table")
-    return p
+    return train_args.build_parser(__doc__.splitlines()[0])
 
 
 # -- distributed --------------------------------------------------------------------------------------
@@ -106,10 +67,7 @@ def _dist_setup(device_arg: str | None) -> tuple[torch.device, int, int]:
             torch.cuda.set_device(local)
             return torch.device("cuda", local), rank, world
         return torch.device("cpu"), rank, world
-    try:
-        return resolve_device(device_arg), 0, 1
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    return resolve_device(device_arg), 0, 1
 
 
 def _seed_everything(seed: int) -> None:
@@ -139,7 +97,10 @@ def _datasets(args):
     vroot = args.val_data_root if (args.data == "list" and args.val_data_root) else root
     val = build_dataset(args.data, vroot, split=vsplit, image_size=args.image_size, train=False, **kw, **val_kw)
     if list(train.classes) != list(val.classes):
-        raise SystemExit(f"training and validation data disagree on classes: {train.classes} vs {val.classes}")
+        raise UsageError(f"training and validation data disagree on classes: {train.classes} vs {val.classes}")
+    for ds, what, split, where in ((train, "training", tsplit, root), (val, "validation", vsplit, vroot)):
+        if len(ds) == 0:  # found now, not after a whole training epoch
+            raise UsageError(f"the {what} data (--data {args.data}, split {split!r}, {where or 'built in'}) holds no images")
     return train, val
 
 
@@ -169,49 +130,87 @@ def _model_cfg(args, classes) -> dict:
     from .models import model_info
 
     info = model_info(args.model)
-    cfg = dict(backbone=args.backbone, weights=_resolve_weights(args), backend=args.backend)
+    cfg = dict(backbone=args.backbone, weights=_resolve_weights(args))
     if info.label_embeddings:
         from .labels import load_embeddings
 
         cfg["embeddings"] = load_embeddings(list(classes), args.embeddings)
     if args.ablation is not None:
-        if not info.ablations:
-            raise SystemExit(f"--ablation {args.ablation}: model {args.model!r} has no ablation presets")
         cfg["ablation"] = args.ablation
-    if args.model == "srdl":
-        cfg.update(oe_k=args.oe_k, oe_alpha=args.oe_alpha)
-        if args.no_oe:
-            cfg["use_oe"] = False
-    elif args.no_oe:
-        raise SystemExit(f"--no-oe: object erasing is SRDL's; model {args.model!r} has none")
+    # The model options its registry entry declares, from the flags that were given (checked in train_args).
+    for option, (_flag, value) in train_args.OPTION_FLAGS.items():
+        if option in info.options and value(args) is not None:
+            cfg[option] = value(args)
     return cfg
 
 
+def _check_same_model(model, ckpt) -> None:
+    """On --resume the flags must rebuild the checkpoint's model (ablation, options, embedding size)."""
+    have, want = ckpt["config"], model.config
+    diffs = [
+        f"{k}: checkpoint {have[k]!r}, now {want[k]!r}"
+        for k in sorted(set(have) & set(want) - {"backend", "weights"})
+        if have[k] != want[k]
+    ]
+    if diffs:
+        raise UsageError(
+            f"--resume: {ckpt['path']} was trained with another model configuration ({'; '.join(diffs)}); "
+            f"give the flags of that run (see its args.json)"
+        )
+
+
+def _gather_rng(world: int) -> list:
+    """Every rank's RNG states, in rank order (collected on every rank; rank 0 saves them)."""
+    mine = rng_state()
+    if world == 1:
+        return [mine]
+    states = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
 def train(args) -> dict:
+    """Check the flags, then train under ``--backend`` (a ``fastmlr.ops.use_backend`` block)."""
+    train_args.check_args(args)
+    with backend_flag(args.backend):
+        return _train(args)
+
+
+def _train(args) -> dict:
     device, rank, world = _dist_setup(args.device)
     is_main = rank == 0
     log = (lambda *a: print(*a, flush=True)) if (is_main and not args.quiet) else (lambda *a: None)
     progress = is_main and not args.no_progress and not args.quiet
-    _seed_everything(args.seed)
-    train_ds, val_ds = _datasets(args)
-    classes = list(train_ds.classes)
-
     last_path = os.path.join(args.out, "last.pt")
     ckpt = None
     if args.resume:
         if not os.path.exists(last_path):
-            raise SystemExit(f"--resume: {last_path} does not exist (nothing to resume in --out {args.out})")
+            raise UsageError(f"--resume: {last_path} does not exist (nothing to resume in --out {args.out})")
         ckpt = load_checkpoint(last_path)
-        check_compatible(ckpt, class_names=classes, model=args.model, config={"backbone": args.backbone})
+        check_compatible(ckpt, model=args.model, config={"backbone": args.backbone})
+        if ckpt.get("epoch") is None or "optimizer" not in ckpt:
+            raise UsageError(f"--resume: {last_path} holds a model but no training state (optimizer, epoch)")
+        if ckpt["epoch"] + 1 >= args.epochs:
+            raise UsageError(
+                f"--resume: {last_path} already holds {ckpt['epoch'] + 1} epochs; --epochs {args.epochs} "
+                f"leaves nothing to train (raise --epochs)"
+            )
+    changed = train_args.resolve_optim(args, ckpt)
+    _seed_everything(args.seed)
+    train_ds, val_ds = _datasets(args)
+    classes = list(train_ds.classes)
+    if ckpt is not None:
+        check_compatible(ckpt, class_names=classes)
 
     torch.manual_seed(args.seed)  # same initial weights for the same seed, resumed or not
     model = create_model(args.model, len(classes), **_model_cfg(args, classes)).to(device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["state_dict"])
+        _check_same_model(model, ckpt)
+        load_state(model, ckpt)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            _TrainForward(model), device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
@@ -229,9 +228,26 @@ def train(args) -> dict:
         history = list(ckpt.get("history", []))
         best = max([h["val"]["mAP"] for h in history if not math.isnan(h["val"]["mAP"])], default=-1.0)
         log(f"resuming {last_path} after epoch {ckpt['epoch'] + 1}")
+        if changed:
+            # The flags given win over the checkpoint's optimiser and schedule, from this epoch on.
+            sched.base_lrs = [args.lr for _ in opt.param_groups]
+            sched.step_size, sched.gamma = args.lr_step, args.lr_gamma
+            for g in opt.param_groups:
+                g["initial_lr"], g["weight_decay"] = args.lr, args.weight_decay
+                g["lr"] = args.lr * args.lr_gamma ** (sched.last_epoch // args.lr_step)
+            log("resumed with " + ", ".join(changed) + "; args.json records the new values")
+    _start_rng(args, ckpt, start_epoch, rank, world, log)
 
     if is_main:
         os.makedirs(args.out, exist_ok=True)
+        old = train_args.earlier_run(args.out) if args.overwrite else []
+        for name in old:
+            os.unlink(os.path.join(args.out, name))
+        if old:
+            log(f"--overwrite: removed the earlier run's {', '.join(old)} in {args.out}")
+        for name in train_args.RUN_FILES:
+            for tmp in remove_stale_temps(os.path.join(args.out, name)):
+                log(f"removed {tmp}, left by a write that was killed")
         atomic_write_json(os.path.join(args.out, "args.json"), vars(args))
     log(
         f"fastmlr {__version__}: {args.model} ({args.backbone}) on {args.data}: {len(train_ds)} train / "
@@ -243,7 +259,6 @@ def train(args) -> dict:
 
     log_path = os.path.join(args.out, "log.jsonl")
     for epoch in range(start_epoch, args.epochs):
-        _seed_everything(_epoch_seed(args.seed, epoch) + rank)
         loader = _loader(train_ds, args, True, epoch, world, rank)
         train_model.train()
         total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
@@ -261,7 +276,7 @@ def train(args) -> dict:
             images, y, ign = images.to(device), y.to(device), ign.to(device)
             ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
             with ctx:
-                out = model.forward_train(images) if world == 1 else _ddp_forward(train_model, images)
+                out = model.forward_train(images) if world == 1 else train_model(images)
                 loss = model.loss(out, y, ign)
             if not torch.isfinite(loss):
                 bar.close()
@@ -273,6 +288,12 @@ def train(args) -> dict:
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if not torch.isfinite(torch.nn.utils.get_total_norm(list(model.parameters()))):
+                bar.close()
+                raise TrainingDiverged(
+                    f"the weights overflowed at epoch {epoch + 1}, step {step + 1} (--lr {args.lr}); stopping. "
+                    f"The last good checkpoint ({last_path}, if any) is kept; try a lower --lr."
+                )
             loss_sum += loss.item()
             steps += 1
             seen += images.shape[0]
@@ -286,9 +307,15 @@ def train(args) -> dict:
             dist.all_reduce(stats)
             loss_sum, steps, seen, skipped = stats.tolist()
 
+        rng = _gather_rng(world)
         if is_main:
             val_loader = _loader(val_ds, args, False, epoch, 1, 0)
             s, t, ig, vskip = predict_dataset(model, val_loader, device, progress, desc="validate")
+            if not torch.isfinite(s).all():
+                raise TrainingDiverged(
+                    f"validation scores are not finite after epoch {epoch + 1} (the weights overflowed); stopping. "
+                    f"The last good checkpoint ({last_path}, if any) is kept; try a lower --lr."
+                )
             m = multilabel_metrics(s, t, ig)
             rec = {
                 "epoch": epoch + 1,
@@ -318,7 +345,8 @@ def train(args) -> dict:
                 "epoch": epoch,
                 "history": history,
                 "args": vars(args),
-                "versions": {"fastmlr": __version__, "torch": torch.__version__},
+                "rng": rng,
+                "versions": {"fastmlr": __version__, "torch": str(torch.__version__)},
             }
             save_checkpoint(last_path, payload)
             if not math.isnan(m["mAP"]) and m["mAP"] > best:
@@ -339,28 +367,43 @@ def train(args) -> dict:
     return {"history": history, "classes": classes, "out": args.out}
 
 
-def _ddp_forward(ddp_model, images):
-    # DDP wraps forward(); route forward_train through it so gradients are reduced.
-    inner = ddp_model.module
-    orig = inner.forward
-    inner.forward = inner.forward_train
-    try:
-        return ddp_model(images)
-    finally:
-        inner.forward = orig
+class _TrainForward(torch.nn.Module):
+    """``forward`` = the model's ``forward_train``: what DistributedDataParallel wraps, so gradients are reduced.
+
+    (Swapping the model's own ``forward`` would recurse: ``forward_train`` calls ``self(images)``.)
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.forward_train(images)
+
+
+def _start_rng(args, ckpt, start_epoch: int, rank: int, world: int, log) -> None:
+    """Random streams at the first epoch: the checkpoint's (resumed), else seeded from --seed and the rank."""
+    saved = (ckpt or {}).get("rng")
+    if saved is not None and len(saved) == world:
+        set_rng_state(saved[rank])
+        return
+    if ckpt is not None:
+        have = "no RNG states" if saved is None else f"RNG states of {len(saved)} processes"
+        log(f"--resume: the checkpoint holds {have}, not {world}; random streams are seeded from --seed instead")
+    _seed_everything(_epoch_seed(args.seed, start_epoch) + rank)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         result = train(args)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if result["history"] and not args.quiet:
-        last = result["history"][-1]
-        print(format_metrics_table({f"{args.model} (epoch {last['epoch']})": last["val"]}))
-    return 0
+        if result["history"] and not args.quiet:
+            last = result["history"][-1]
+            print(format_metrics_table({f"{args.model} (epoch {last['epoch']})": last["val"]}))
+        return 0
+
+    return run_command(work, debug=args.debug, extra=(TrainingDiverged,))
 
 
 if __name__ == "__main__":

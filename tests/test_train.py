@@ -30,7 +30,7 @@ def targs(out, fmnist, *extra, model="srdl", epochs=2):
         "--model", model, "--backbone", "resnet18", "--weights", "none", "--data", "mosaics",
         "--data-root", fmnist, "--train-size", "48", "--val-size", "32", "--image-size", "64",
         "--epochs", str(epochs), "--batch-size", "8", "--lr", "1e-3", "--workers", "0",
-        "--out", str(out), "--no-progress", "--quiet", *extra,
+        "--out", str(out), "--device", "cpu", "--no-progress", "--quiet", *extra,
     ]
 
 
@@ -65,6 +65,23 @@ def test_resume_gives_the_same_result(tmp_path, fmnist):
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0, msg=k)
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert [json.loads(x)["epoch"] for x in open(part / "log.jsonl")] == [1, 2]
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    from fastmlr.checkpoint import rng_state, save_checkpoint, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    path = str(tmp_path / "rng.pt")
+    save_checkpoint(path, {"model": "m", "num_classes": 1, "config": {}, "class_names": ["a"], "state_dict": {},
+                           "rng": [rng_state()]})
+    want = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)])
+    set_rng_state(load_checkpoint(path)["rng"][0])  # read back with weights_only=True
+    got = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)])
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2] == want[2]
 
 
 def test_resume_refuses_another_model(tmp_path, fmnist):

@@ -140,6 +140,8 @@ class VOCDataset(ImageListDataset):
             positives, difficult = self._parse_xml(xml_path)
             target, ignore = self._encode(positives, difficult)
             self._items.append((os.path.join(self.root, "JPEGImages", f"{image_id}.jpg"), target, ignore))
+        if not self._items:
+            raise ValueError(f"VOC split file {split_file!r} lists no image ids")
 
     def _parse_xml(self, xml_path: str) -> tuple[set[str], set[str]]:
         try:
@@ -148,8 +150,10 @@ class VOCDataset(ImageListDataset):
             raise ValueError(f"malformed VOC annotation {xml_path!r}: {e}") from e
         positives, difficult = set(), set()
         known = set(self.classes)
-        for obj in tree.getroot().iter("object"):
+        for k, obj in enumerate(tree.getroot().iter("object"), 1):
             name = (obj.findtext("name") or "").strip()
+            if not name:
+                raise ValueError(f"VOC annotation {xml_path!r}: object {k} has no <name>; expected one of {self.classes}")
             if name not in known:
                 raise ValueError(
                     f"unknown class name {name!r} in VOC annotation {xml_path!r}; expected one of {self.classes}"
@@ -166,7 +170,9 @@ class COCODataset(ImageListDataset):
 
     Reads root/annotations/instances_{split}{year}.json and images from
     root/{split}{year}/. Classes are the json's categories sorted by id (80 in
-    COCO 2014/2017); images without annotations get an all-zero target.
+    COCO 2014/2017); images without annotations get an all-zero target. A file
+    without an ``annotations`` list (COCO's unlabelled test-set files) is refused:
+    every target would be zero.
     """
 
     def __init__(
@@ -191,14 +197,23 @@ class COCODataset(ImageListDataset):
                 data = json.load(f)
             categories = sorted(data["categories"], key=lambda c: c["id"])
             images = sorted(data["images"], key=lambda im: im["id"])
-            annotations = data.get("annotations", [])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"malformed COCO annotation file {ann_path!r}: {type(e).__name__}: {e}") from e
+            raise ValueError(f"malformed COCO annotation file {ann_path!r}: {type(e).__name__}: {e}") from None
+        annotations = data.get("annotations")
+        if not isinstance(annotations, list):
+            raise ValueError(
+                f"COCO annotation file {ann_path!r} has no 'annotations' list (an unlabelled image-info file?); "
+                f"every target would be zero"
+            )
+        if not images:
+            raise ValueError(f"COCO annotation file {ann_path!r} lists no images")
         self.classes = [c["name"] for c in categories]
         self.category_ids = [c["id"] for c in categories]
         col = {cid: k for k, cid in enumerate(self.category_ids)}
         labels: dict[int, set[int]] = {im["id"]: set() for im in images}
         for ann in annotations:
+            if not isinstance(ann, dict) or "category_id" not in ann or "image_id" not in ann:
+                raise ValueError(f"annotation {ann!r:.80} in {ann_path!r} lacks 'category_id' or 'image_id'")
             if ann["category_id"] not in col:
                 raise ValueError(
                     f"annotation {ann.get('id')} in {ann_path!r} has category_id {ann['category_id']}, "
@@ -288,3 +303,5 @@ class ListDataset(ImageListDataset):
                     names[field] = value
                 target, ignore = self._encode(names["labels"], names["ignore"])
                 self._items.append((os.path.join(base, rec["image"]), target, ignore))
+        if not self._items:
+            raise ValueError(f"label list {jsonl!r} holds no entries; expected one JSON object a line")

@@ -103,11 +103,31 @@ def build_grey_transform(image_size: int, train: bool, scales: Sequence[float] =
     return T.Compose([*geometric_transforms(image_size, train, scales), GreyToNormalised()])
 
 
+# PIL modes of 16-bit single-channel images (16-bit grey PNGs open as "I;16" or, widened, "I").
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image scaled (not clipped, as PIL's ``convert`` does) to 8-bit "L": v -> round(v / 257).
+
+    Mode "I" (32-bit) is read as 16-bit when its values fit, as for PNGs; wider values are
+    scaled by their own maximum.
+    """
+    a = np.asarray(img).astype(np.float64)
+    top = 65535.0 if a.size == 0 or (a.min() >= 0 and a.max() <= 65535) else max(float(a.max()), 1.0)
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
+
+
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image as RGB; raises OSError/ValueError on a bad file."""
+    """Open and fully decode an image as RGB; raises OSError/ValueError on a bad file.
+
+    16-bit grey images are scaled to 8 bits (:func:`to_8bit`) before the RGB copy.
+    """
     with Image.open(path) as img:
         # load() forces the decode here, so a truncated file fails now and not inside the transform.
         img.load()
+        if img.mode in _WIDE_MODES:
+            return to_8bit(img).convert("RGB")
         return img.convert("RGB")
 
 

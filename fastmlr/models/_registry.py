@@ -1,11 +1,14 @@
 """Model registry: ``register_model`` and ``create_model(name, num_classes, **cfg)`` (timm style).
 
 Each entry also says what the commands must give the model: whether it takes
-label embeddings, and which ablation presets it knows.
+label embeddings, which ablation presets it knows, and which of its keyword
+options commands may set from their flags (``options``). Commands map flags to
+those names and never test a model's name.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,18 +21,24 @@ class ModelInfo:
     factory: Callable[..., nn.Module]
     label_embeddings: bool = False  # the factory takes ``embeddings`` (Tensor[C, E])
     ablations: dict = field(default_factory=dict)  # preset name -> switches, passed as ``ablation=``
+    options: tuple[str, ...] = ()  # keyword options of the factory that commands may set (e.g. "oe_k")
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, *, label_embeddings: bool = False, ablations: dict | None = None):
-    """Decorator: register ``fn(num_classes, **cfg) -> nn.Module`` under ``name``."""
+def register_model(
+    name: str, *, label_embeddings: bool = False, ablations: dict | None = None, options: tuple[str, ...] = ()
+):
+    """Decorator: register ``fn(num_classes, **cfg) -> nn.Module`` under ``name``.
+
+    ``options`` names the keyword arguments of ``fn`` that commands may set from their flags.
+    """
 
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}))
+        _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}), tuple(options))
         return fn
 
     return deco
@@ -46,8 +55,19 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, num_classes: int, **cfg) -> nn.Module:
-    """Build a registered model. Unknown names raise ``ValueError`` listing the known ones."""
+    """Build a registered model. Unknown names raise ``ValueError`` listing the known ones.
+
+    A ``"backend"`` key (configs of checkpoints written when models stored an ops backend) is
+    dropped: the backend is chosen with ``fastmlr.ops.use_backend`` around the calls.
+    """
     info = model_info(name)
+    backend = cfg.pop("backend", None)
+    if backend is not None:
+        warnings.warn(
+            f"create_model: backend={backend!r} is no longer a model option and is ignored; "
+            f"choose the ops backend with `with fastmlr.ops.use_backend({backend!r}):` around the calls",
+            stacklevel=2,
+        )
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     model = info.factory(int(num_classes), **cfg)

@@ -214,6 +214,6 @@ class SRDL(MLRModel):
         return out["sa"].reshape(out["sa"].shape[0], -1, H, W)
 
 
-@register_model("srdl", label_embeddings=True, ablations=ABLATIONS)
+@register_model("srdl", label_embeddings=True, ablations=ABLATIONS, options=("oe_k", "oe_alpha", "use_oe"))
 def srdl(num_classes: int, **cfg) -> SRDL:
     return SRDL(num_classes, **cfg)
