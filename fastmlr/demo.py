@@ -83,7 +83,7 @@ def run(args) -> dict:
     summary = {"results": results, "train_seconds": timings, "config": vars(args)}
     if "srdl" in results:
         summary["attention_maps"] = _attention_figure(args)
-        from .export import demo_deployment  # ONNX fp32/fp16 + AOTInductor, checked and timed beside eager
+        from .demo_deploy import demo_deployment  # ONNX fp32/fp16 + AOTInductor, checked and timed beside eager
 
         summary["deployment"] = demo_deployment(os.path.join(args.out, "srdl", "last.pt"), os.path.join(args.out, "export"))
     atomic_write_json(os.path.join(args.out, "results.json"), summary)
