@@ -105,7 +105,7 @@ def test_default_budget_keeps_every_conv_fp16_and_reports_the_true_error(fp32_gr
 
 
 def test_a_budget_all_fp16_misses_is_met_by_keeping_nodes(fp32_graph, sets, tmp_path):
-    g = onnx.load(fp32_graph)
+    g = onnx.load(fp32_graph).graph
     # The floor with only the convolutions in fp16, and plain fp16: a budget between them must be met
     # by keeping non-conv nodes, with every convolution still fp16.
     non_conv = [n.name for n in g.node if n.op_type != "Conv"]
@@ -144,7 +144,7 @@ def test_an_unreachable_budget_fails_with_a_clear_message(fp32_graph, sets):
 
 
 def test_convert_keeps_the_named_nodes_and_refuses_unknown_ones(fp32_graph, sets):
-    g = onnx.load(fp32_graph)
+    g = onnx.load(fp32_graph).graph
     gemm = next(n.name for n in g.node if n.op_type == "Gemm")
     m = fp16.convert_fp16(fp32_graph, keep_fp32=[gemm])
     onnx.checker.check_model(m, full_check=True)

@@ -418,6 +418,8 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
         "images": int(sum(len(v) for v in sets.values())), "image_sets": {k: len(v) for k, v in sets.items()},
         "error_all_fp16": err_all, "error_conv_only": err_conv, "error_final": err_final,
         "kept_fp32": [{"group": g, "error_alone": sens[g], "ops": sorted({n.op_type for n in graph.groups[g]}),
+                       "measured": "the group alone in fp16" if g in protected
+                       else "the group in fp16 beside the fp16 convolutions",
                        "nodes": [n.name for n in graph.groups[g]]} for g in kept],
         "forced_fp32": dict(sorted(graph.forced.items())),
         "convs_in_fp32": convs_fp32,
@@ -444,7 +446,7 @@ def format_report(rep: dict) -> list[str]:
                  + (", ".join(f"{k} ({v})" for k, v in rep["forced_fp32"].items()) or "none"))
     for k in rep["kept_fp32"]:
         lines.append(f"    kept fp32: {k['group']} ({'/'.join(k['ops'])}, {len(k['nodes'])} node(s)): "
-                     f"{k['error_alone']:.2e} when it alone joins the fp16 convolutions")
+                     f"{k['error_alone']:.2e} with {k['measured']}")
     return lines
 
 
