@@ -4,7 +4,8 @@
 nodes it is told to keep in fp32: float initializers are stored in the
 precision of the nodes that read them, Cast nodes join fp32 and fp16 regions,
 graph inputs and outputs stay float32 and a Sigmoid or Softmax that produces a
-graph output always runs in fp32.
+graph output always runs in fp32. Ops that only move or select values
+(Reshape, Relu, MaxPool, ReduceMax, ...) take the precision of their input.
 
 :func:`search_fp16` chooses those nodes. It groups the nodes by the module
 scope torch.onnx records in each node's metadata (a backbone stage, a head
@@ -24,6 +25,7 @@ boundary, not fp16 arithmetic inside an op.
 
 from __future__ import annotations
 
+import ast
 import time
 
 import numpy as np
@@ -33,6 +35,10 @@ FP16_MAX = 65504.0
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 # A Sigmoid/Softmax that writes a graph output is the op whose result a threshold reads: always fp32.
 FINAL_FP32_OPS = frozenset({"Sigmoid", "Softmax"})
+# Ops that move or select values and so round nothing in fp16: they take the precision of their first float input
+# (no cast, no extra rounding) instead of being choices of their own.
+FOLLOW_OPS = frozenset("""Reshape Unsqueeze Squeeze Transpose Flatten Identity Expand Slice Gather GatherElements
+Concat Split Tile Relu MaxPool ReduceMax ReduceMin Clip Neg Abs Max Min""".split())
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -60,7 +66,7 @@ def _prepare(model):
     for n in m.graph.node:
         for a in n.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise ValueError(f"node {n.name!r} ({n.op_type}) has a subgraph; fp16 conversion handles flat graphs only")
+                raise ValueError(f"node {n.name!r} ({n.op_type}) has a subgraph; the fp16 conversion takes flat graphs")
     keep = []
     for n in m.graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1 \
@@ -95,8 +101,6 @@ def _scopes(node) -> list[str]:
     for p in node.metadata_props:
         if p.key == _SCOPES_KEY:
             try:
-                import ast
-
                 return [s for s in ast.literal_eval(p.value) if isinstance(s, str)]
             except (ValueError, SyntaxError):
                 return []
@@ -146,7 +150,7 @@ class _Graph:
         self.convs = [n.name for n in self.float_nodes if _is_backbone_conv(n)]
         self.groups: dict[str, list] = {}
         for n in self.float_nodes:
-            if n.name not in self.forced:
+            if n.name not in self.forced and n.op_type not in FOLLOW_OPS:
                 self.groups.setdefault(_group_of(n), []).append(n)
         names = [n.name for n in g.node]
         if len(set(names)) != len(names) or not all(names):
@@ -197,9 +201,11 @@ def _convert(graph: _Graph, keep_fp32: set):
         out.CopyFrom(n)
         float_out = any(types.get(o) == FLOAT for o in n.output if o)
         float_in = [i for i in n.input if i and types.get(i) in (FLOAT, FLOAT16)]
-        if float_out:
-            prec = FLOAT if (n.name in keep_fp32 or n.name in graph.forced) else FLOAT16
-        elif float_in:  # consumes floats, makes no floats (Shape, Greater, ...): take its first float input as it is
+        if float_out and (n.name in keep_fp32 or n.name in graph.forced):
+            prec = FLOAT
+        elif float_out and not (n.op_type in FOLLOW_OPS and float_in):
+            prec = FLOAT16
+        elif float_in:  # a FOLLOW op, or one making no floats (Shape, Greater, ...): its first float input as it is
             first = variants[float_in[0]]
             prec = FLOAT16 if FLOAT16 in first else FLOAT
         else:
@@ -274,13 +280,9 @@ def run_probs(model, images: dict, output: str = "probs") -> dict:
     """{set name: probabilities} of an ONNX graph (path, bytes or ModelProto) on ONNX Runtime's CPU provider."""
     import onnx
 
-    if isinstance(model, onnx.ModelProto):
-        data = model.SerializeToString()
-    elif isinstance(model, (bytes, bytearray)):
-        data = bytes(model)
-    else:
-        data = _load(model).SerializeToString()
-    sess = _session(data)
+    data = model if isinstance(model, (bytes, bytearray)) else \
+        (model if isinstance(model, onnx.ModelProto) else _load(model)).SerializeToString()
+    sess = _session(bytes(data))
     name = sess.get_inputs()[0].name
     return {k: sess.run([output], {name: np.ascontiguousarray(x, dtype=np.float32)})[0] for k, x in images.items()}
 
@@ -319,7 +321,8 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
     Returns the report: kept_fp32 (groups moved back, with the error each caused
     alone and the nodes), forced_fp32, error_all_fp16, error_conv_only,
     error_final (each {set: err, "max": err}), budget, target, images (count),
-    conv_fp16_fraction, convs_in_fp32, ok, message, path, evaluations, seconds.
+    conv_fp16_fraction, convs_in_fp32, ok, message, path, evaluations, seconds;
+    with ``out_path=None`` nothing is written and ``model`` holds the graph.
     """
     t0 = time.perf_counter()
     graph = _Graph(onnx_fp32)
@@ -396,18 +399,17 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
         import onnx
 
         from ..files import atomic_write_bytes
-
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         atomic_write_bytes(out_path, lambda fh: fh.write(data))
     n_conv = len(graph.convs)
     conv_fp32 = sum(1 for c in graph.convs if c in keep_nodes)
     ok = err_final["max"] <= budget
     if ok and not kept:
-        msg = f"all fp16 meets the budget: {err_final['max']:.2e} <= {budget:.0e}"
+        msg = f"all fp16 meets the budget: {err_final['max']:.2e} <= {budget:.3g}"
     elif ok:
-        msg = f"{len(kept)} group(s) kept in fp32 bring {err_all['max']:.2e} to {err_final['max']:.2e} <= {budget:.0e}"
+        msg = f"{len(kept)} group(s) kept in fp32 bring {err_all['max']:.2e} to {err_final['max']:.2e} <= {budget:.3g}"
     else:
-        msg = (f"budget {budget:.0e} unreachable: {err_final['max']:.2e} at best, with {len(kept)} of "
+        msg = (f"budget {budget:.3g} unreachable: {err_final['max']:.2e} at best, with {len(kept)} of "
                f"{len(graph.groups)} groups in fp32")
     if err_conv is not None and err_conv["max"] > target:
         msg += (f"; the fp16 convolutions alone give {err_conv['max']:.2e} > target {target:.2e}, so "
