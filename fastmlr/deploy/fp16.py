@@ -143,7 +143,7 @@ class _Graph:
         self.forced = {}  # node name -> why it is always fp32
         for n in self.float_nodes:
             if n.op_type in FINAL_FP32_OPS and any(o in self.outputs for o in n.output):
-                self.forced[n.name] = "writes a graph output"
+                self.forced[n.name] = "writes a graph output: the probabilities a threshold reads"
             elif any(i in self.inits and self.inits[i].data_type == FLOAT and _beyond_fp16(self.inits[i])
                      for i in n.input):
                 self.forced[n.name] = "an initializer beyond fp16's range"
