@@ -8,6 +8,7 @@ types read straight from the written graph's initializers and inferred types.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fastmlr import deploy
 from fastmlr import export as ex
 from fastmlr.data import FashionMosaics
 from fastmlr.deploy import fp16
@@ -36,7 +38,7 @@ def model():
 @pytest.fixture(scope="module")
 def fp32_graph(model, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("fp16") / "m.onnx")
-    ex.export_onnx(model, path, SIZE, max_batch=8)
+    deploy.export_onnx(model, path, SIZE, max_batch=8)
     return path
 
 
@@ -48,7 +50,7 @@ def sets(model):
     imgs = {"random": torch.randn(2, 3, SIZE, SIZE, generator=g), "real": real}
     with torch.no_grad():
         ref = {k: torch.sigmoid(model(x)).numpy() for k, x in imgs.items()}
-        half = ex.InferenceGraph(model, fp16=True)
+        half = deploy.InferenceGraph(model, fp16=True)
         torch_half = {k: half(x)[1].numpy() for k, x in imgs.items()}
     return {"images": {k: x.numpy() for k, x in imgs.items()}, "ref": ref, "torch_fp16": torch_half}
 
@@ -155,3 +157,21 @@ def test_convert_keeps_the_named_nodes_and_refuses_unknown_ones(fp32_graph, sets
         fp16.convert_fp16(fp32_graph, keep_fp32=["no_such_node"])
     with pytest.raises(ValueError, match=r"\[n, 3, S, S\]"):
         fp16.search_fp16(fp32_graph, None, np.zeros((3, 64, 64), np.float32))
+
+
+def test_export_cli_fp16_runs_the_search_and_records_it(tmp_path, capsys):
+    """``export --fp16`` writes the searched graph: its sidecar carries the search's summary, its check passes."""
+    out = tmp_path / "m.onnx"
+    rc = ex.main(["--model", "srdl", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32",
+                  "--onnx", str(out), "--fp16", "--opt-batch", "2", "--max-batch", "4"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    side = json.load(open(str(tmp_path / "m.fp16.onnx") + ".json"))
+    assert side["precision"] == "fp16" and side["fp16"]["method"]
+    assert side["fp16"]["error"] <= side["fp16"]["budget"] == deploy.TOLERANCE["fp16"]
+    assert "fp16 search:" in text and "onnx fp16" in text and "FAILED" not in text
+    import onnx
+
+    g = onnx.load(str(tmp_path / "m.fp16.onnx"))
+    assert g.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.graph.initializer)
