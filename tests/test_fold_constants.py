@@ -16,7 +16,8 @@ def _images(n=2, size=64, seed=0):
 
 def _model(name, **cfg):
     torch.manual_seed(0)
-    return create_model(name, 5, backbone="resnet18", weights="none", embeddings=torch.randn(5, 6), **cfg).double().eval()
+    m = create_model(name, 5, backbone="resnet18", weights="none", embeddings=torch.randn(5, 6), **cfg)
+    return m.double().eval()
 
 
 # For each model, the parameters and buffers that feed only the folded values.
