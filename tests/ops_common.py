@@ -72,12 +72,16 @@ def leaves(*ts, dtype, device="cpu"):
     return [t.detach().to(device=device, dtype=dtype).requires_grad_() for t in ts]
 
 
-def grads_against_reference(case: Case, op: str, ref_op, raw: tuple, seed: int = 1):
+def grads_against_reference(case: Case, op: str, ref_op, raw: tuple, seed: int = 1, generator=None):
     """(out, grads, ref_out, ref_grads): the op on ``case`` and the float64 reference on the same
-    values, both backpropagated from the same random output gradient."""
+    values, both backpropagated from the same random output gradient (drawn from ``generator``
+    in float32 if given, else from a float64 one seeded ``seed``)."""
     ins = leaves(*raw, dtype=case.dtype, device=case.device)
     out = case.call(op, *ins)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if generator is not None:
+        g = torch.randn(out.shape, generator=generator).double()
+    else:
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     grads = torch.autograd.grad(out, ins, g.to(out))
     ref_ins = leaves(*(t.to(case.dtype) for t in raw), dtype=torch.float64)
     ref = ref_op(*ref_ins)
