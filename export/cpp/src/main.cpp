@@ -2,7 +2,7 @@
 //
 //   fastmlr_classify MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N] [--json] [--top K] INPUT...
 //   fastmlr_classify --serve MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N]   (or MODEL --stdin)
-//   fastmlr_classify --decode IMAGE OUT.ppm
+//   fastmlr_classify --decode IMAGE OUT.ppm [--decode IMAGE2 OUT2.ppm ...]
 //
 // INPUT: a JPEG, PNG or binary PPM/PGM image (decoded as Pillow does, EXIF orientation applied, resized
 // and normalised as the sidecar says), or a .npy float32 tensor [N, 3, S, S] / [3, S, S] already
@@ -113,6 +113,7 @@ int decode(const std::string& in, const std::string& out) {
 
 int main(int argc, char** argv) {
   std::string model, sidecar;
+  std::vector<std::pair<std::string, std::string>> decodes;
   bool json = false, serving = false;
   int top = 5, device = 0;
   std::vector<std::string> inputs;
@@ -123,7 +124,7 @@ int main(int argc, char** argv) {
       else if (a == "--device" && i + 1 < argc) device = parse_device(argv[++i]);
       else if (a == "--json") json = true;
       else if (a == "--serve" || a == "--stdin") serving = true;
-      else if (a == "--decode" && i + 2 < argc) return decode(argv[i + 1], argv[i + 2]);
+      else if (a == "--decode" && i + 2 < argc) decodes.emplace_back(argv[i + 1], argv[i + 2]), i += 2;
       else if (a == "--top" && i + 1 < argc) top = std::stoi(argv[++i]);
       else if (a == "-h" || a == "--help") { usage(); return 0; }
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown or incomplete option " + a);
@@ -134,6 +135,15 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << e.what() << "\n";
     usage();
     return 2;
+  }
+  if (!decodes.empty()) {
+    try {
+      for (const auto& [in, out] : decodes) decode(in, out);
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 1;
+    }
   }
   if (model.empty() || (inputs.empty() && !serving) || (serving && !inputs.empty())) {
     usage();
