@@ -181,7 +181,7 @@ def test_unreadable_files_are_named(build, images, tmp_path):
 
 
 # -- probabilities and labels ----------------------------------------------------------------------------
-PARITY = ["rgb.jpg", "exif6.jpg", "exif3.jpg", "grey.jpg", "cmyk.jpg", "rgba.png", "rgb16.png", "palette.png",
+PARITY = ["rgb.jpg", "exif6.jpg", "exif3.jpg", "exif7.png", "grey.jpg", "cmyk.jpg", "rgba.png", "rgb16.png", "palette.png",
           "grey.png", "grey16.png", "exif8.png", "big.jpg"]
 
 
@@ -196,14 +196,13 @@ def test_probabilities_match_python_runtime(build, artefact, images):
     inputs = [_pillow_rgb(p) if "exif" in n else p for n, p in zip(PARITY, paths)]
     py = runtime.load(artefact).predict(inputs)
     diff = (cpp - py).abs().amax(dim=1)
-    # Identical pixels; the remaining difference is Pillow's choice of resampling pass order on some
-    # downscales (the existing parity test's 3e-3), and float rounding elsewhere.
-    assert diff.max() <= 3e-3, dict(zip(PARITY, diff.tolist()))
-    assert diff.median() <= 1e-4, dict(zip(PARITY, diff.tolist()))
+    # Identical decoded pixels and, at these sizes (grown or shrunk on one axis, grown on one and shrunk
+    # on the other, 320x240 shrunk on both), the resize Pillow computes: float rounding only.
+    assert diff.max() <= 1e-4, dict(zip(PARITY, diff.tolist()))
     # The check can see a decoding error: the images' probabilities differ by far more than the tolerance.
-    assert (py.amax(dim=0) - py.amin(dim=0)).max() > 10 * 3e-3
+    assert (py.amax(dim=0) - py.amin(dim=0)).max() > 100 * 1e-4
     # The rotated files are not classified as their unrotated pixels would be.
-    unrotated = runtime.load(artefact).predict([files["exif6.jpg"]])
+    unrotated = runtime.load(artefact).predict([files["exif6.jpg"]])  # Python reads the stored pixels
     assert (unrotated[0] - py[1]).abs().max() > 1e-3
     for r, p in zip(rows, py):
         assert r["labels"] == [f"class_{c}" for c in p.argsort(descending=True).tolist() if p[c] >= 0.5]

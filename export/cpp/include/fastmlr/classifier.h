@@ -59,7 +59,8 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name = "
 Image read_pnm(const std::string& path);
 
 // Resize to size x size with Pillow's antialiased bilinear filter (what torchvision's Resize does to
-// PIL images), 8-bit fixed point as Pillow computes it, horizontal pass then vertical.
+// PIL images), 8-bit fixed point as Pillow computes it, in the order of passes Pillow 13 uses except
+// for some downscales in both directions (a few pixels then differ by one level).
 Image resize_bilinear(const Image& img, int size);
 
 // Image -> float32 [3, S, S]: grey is copied to 3 channels, x/255, then (x - mean) / std per channel.
