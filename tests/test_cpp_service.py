@@ -263,7 +263,7 @@ def test_serve_answers_each_line_and_survives_bad_files(build, artefact, images)
         proc.stdin.flush()
         first = json.loads(_readline(proc))
         lines = [files["exif6.jpg"], str(d / "missing.jpg"), "", files["rgba16.png"], str(d / "not_an_image.jpg"),
-                 str(d / "truncated.png"), files["palette.png"]]
+                 str(d / "truncated.png"), str(d), files["palette.png"]]
         out, err = proc.communicate("\n".join(lines) + "\n", timeout=300)
     finally:
         if proc.poll() is None:
@@ -273,9 +273,10 @@ def test_serve_answers_each_line_and_survives_bad_files(build, artefact, images)
     asked = [files["rgb.jpg"]] + [x for x in lines if x]
     assert [r["image"] for r in rows] == asked
     errors = {r["image"]: r["error"] for r in rows if "error" in r}
-    assert set(errors) == {str(d / "missing.jpg"), str(d / "not_an_image.jpg"), str(d / "truncated.png")}
+    assert set(errors) == {str(d / "missing.jpg"), str(d / "not_an_image.jpg"), str(d / "truncated.png"), str(d)}
     assert "cannot open image" in errors[str(d / "missing.jpg")]
     assert "truncated" in errors[str(d / "truncated.png")]
+    assert "not a regular file" in errors[str(d)]
     good = [r for r in rows if "error" not in r]
     batch = _classify_json(build, artefact, [r["image"] for r in good])
     for r, b in zip(good, batch):
