@@ -59,7 +59,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m fastmlr.bench
 
-# Issue 3's op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
+# The op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
 bench-ops: setup
 	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider \
 	    --benchmark-json=benchmarks/results/pytest-benchmark.json
