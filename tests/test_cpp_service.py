@@ -1,6 +1,6 @@
 """export/cpp as a service: JPEG/PNG decoding, per-class thresholds, --serve, the installed CMake package.
 
-References are independent of the C++ code: Pillow's own decoder and ``ImageOps.exif_transpose``
+References are independent of the C++ code: fastmlr's Python reader (Pillow's decoder, EXIF orientation)
 (pixels), ``fastmlr.runtime`` on the same files (probabilities), and the thresholds applied here in
 Python to the probabilities (labels). The artefact comes from the public export CLI.
 """
@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from fastmlr import runtime
 
@@ -126,7 +126,7 @@ def images(tmp_path_factory):
     save("bilevel.png", Image.fromarray(_picture(30, 44, 3)[..., 0] > 128))
     v16 = rng.integers(0, 65536, (33, 47, 3)).astype(np.uint16)
     for name, arr, ct in (("rgb16.png", v16, 2), ("rgba16.png", np.concatenate([v16, v16[..., :1]], -1), 6),
-                          ("grey16.png", rng.integers(0, 600, (33, 47)).astype(np.uint16), 0)):
+                          ("grey16.png", rng.integers(0, 65536, (33, 47)).astype(np.uint16), 0)):
         (d / name).write_bytes(_png16(arr, ct))
         files[name] = str(d / name)
     big = Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
@@ -139,8 +139,10 @@ def images(tmp_path_factory):
 
 
 def _pillow_rgb(path):
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    """What fastmlr's Python side sees: Pillow's decode, EXIF orientation, 16-bit grey scaled, alpha dropped."""
+    from fastmlr.data.transforms import open_rgb
+
+    return open_rgb(path)
 
 
 def _classify_json(exe, artefact, paths, *extra):

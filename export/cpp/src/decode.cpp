@@ -7,9 +7,9 @@
 //    (255 - k) - c * (255 - k) / 255, rounded. A file that ends early is an error, as in Pillow.
 //  - PNG: palette expanded, its transparency ignored; grey of 1, 2 or 4 bits scaled to 8 (x 255, x 85,
 //    x 17); alpha dropped without compositing (convert("RGB") drops it); 16-bit colour and grey+alpha
-//    keep the high byte (v >> 8); 16-bit grey without alpha is clipped to 255 (Pillow reads it as mode
-//    "I;16", whose conversion to RGB clips), so a 16-bit grey PNG that uses its full range is mostly white
-//    in Python and here alike. No gamma or colour-profile correction (Pillow applies none).
+//    keep the high byte (v >> 8); 16-bit grey without alpha is scaled, v -> round(v / 257), as
+//    fastmlr's Python reader does (fastmlr.data.transforms.to_8bit; Pillow's own convert would clip it
+//    to 255). No gamma or colour-profile correction (Pillow applies none).
 //  - EXIF orientation 2..8 from a JPEG's APP1 "Exif" segment or a PNG's eXIf chunk.
 #include <csetjmp>
 #include <cstddef>
@@ -283,7 +283,7 @@ Image read_png(const uint8_t* data, size_t size, const std::string& name) {
         const uint8_t* s = p + src_c * bytes;
         if (grey16) {
           const int g = (s[0] << 8) | s[1];
-          v[c] = static_cast<uint8_t>(g > 255 ? 255 : g);
+          v[c] = static_cast<uint8_t>((g + 128) / 257);  // round(g / 257): no ties, g / 257 is never k + 1/2
         } else {
           v[c] = s[0];  // 8-bit value, or the high byte of a 16-bit one (big-endian in PNG)
         }
