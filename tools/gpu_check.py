@@ -413,7 +413,8 @@ def ops_bench(out_file: Path, iters: int = 20, warmup: int = 3) -> None:
                     cell["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
                     cell["status"] = "ok"
                 except Exception as e:  # noqa: BLE001 - one cell's failure is a result
-                    cell["status"] = "failed"
+                    # A backend that does not implement the op (or dtype) refuses it: not a failure.
+                    cell["status"] = "unsupported" if isinstance(e, ops.BackendError) else "failed"
                     cell["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
                 torch.cuda.empty_cache()
                 atomic_write_json(str(out_file), result)  # kept so far, should the step time out
