@@ -251,3 +251,13 @@ def test_nvcc_flags_keep_ieee_accuracy(setup_py):
     assert not [f for f in flags if "fast_math" in f.replace("-", "_") or f.startswith("-ftz=true")]
     for f in ("-ftz=false", "-prec-div=true", "-prec-sqrt=true"):
         assert f in flags
+
+
+def test_train_figures_come_from_the_last_epoch_of_log_jsonl(gpu_check, tmp_path):
+    rec = {"epoch": 1, "train_loss": 0.71234, "train_images": 1280, "train_images_per_s": 512.345,
+           "val": {"mAP": 0.4567}}
+    (tmp_path / "log.jsonl").write_text(json.dumps(dict(rec, train_loss=9.0)) + "\n" + json.dumps(rec) + "\n")
+    step = {"figures": {}}
+    gpu_check._train_figures(tmp_path)(step, "")
+    assert step["figures"] == {"train_loss": 0.7123, "train_images_per_s": 512.3, "train_images": 1280,
+                               "val_mAP": 45.67}

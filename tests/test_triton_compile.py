@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,9 +267,11 @@ class Compiled:
             out.append(f"{per_block} registers/block > {REGS_PER_BLOCK}")
         if self.threads > THREADS_PER_BLOCK:
             out.append(f"{self.threads} threads/block > {THREADS_PER_BLOCK}")
-        if self.stack or self.local:
-            out.append(f"register spills: stack {self.stack} B, local {self.local} B")
         return out
+
+    def spills(self) -> str:
+        """Local memory (register spills, stack): slower, not fatal; reported as a warning."""
+        return f"register spills: stack {self.stack} B, local {self.local} B" if self.stack or self.local else ""
 
 
 _RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -368,9 +371,13 @@ def test_recorder_sees_every_kernel_and_config(launches):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_kernel_config_fits_the_architecture(launches, arch):
-    bad = []
+    bad, slow = [], []
     for c in _compiled(launches, arch):
         bad += [f"sm_{arch} {c.launch.label()}: {p}" for p in c.problems()]
+        if c.spills():
+            slow.append(f"sm_{arch} {c.launch.label()}: {c.spills()}")
+    if slow:
+        warnings.warn(f"{len(slow)} configs spill registers:\n" + "\n".join(slow), stacklevel=1)
     assert not bad, "\n".join(bad)
 
 
@@ -421,7 +428,7 @@ def test_limit_checks_catch_what_they_claim():
     assert Compiled(launch, 90, "", 0, 255, 0, 0).problems() == []  # 256 threads x 256 = 64K exactly
     wide = Launch(None, "k", (("x_ptr", "*fp32"),), (), (("num_warps", 16),))
     assert any("registers/block" in p for p in Compiled(wide, 90, "", 0, 200, 0, 0).problems())
-    assert any("spills" in p for p in Compiled(launch, 90, "", 0, 64, 16, 0).problems())
+    assert Compiled(launch, 90, "", 0, 64, 16, 0).spills() and not Compiled(launch, 90, "", 0, 64, 0, 0).spills()
     oe_launch = Launch(None, "_oe_boxes_kernel", (("sa_ptr", "*fp16"),), (), ())
     ptx = "div.full.f32 %r1, %r2, %r3;"
     problems = exactness_problems(Compiled(oe_launch, 90, ptx, 0, 32, 0, 0))
@@ -440,5 +447,5 @@ if __name__ == "__main__":
         print(f"\nsm_{arch}: {len(rows)} compiled in {time.time() - t0:.1f} s "
               f"(limit {SMEM_PER_BLOCK[arch]} B shared/block)")
         for c in rows:
-            flag = "; ".join(c.problems() + exactness_problems(c)) or "ok"
+            flag = "; ".join(c.problems() + exactness_problems(c) + [c.spills()]).strip("; ") or "ok"
             print(f"  {c.shared:7d} B {c.regs:3d} regs {c.threads:4d} thr  {c.launch.label()}  {flag}")
