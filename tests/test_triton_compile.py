@@ -270,8 +270,9 @@ class Compiled:
         return out
 
     def spills(self) -> str:
-        """Local memory (register spills, stack): slower, not fatal; reported as a warning."""
-        return f"register spills: stack {self.stack} B, local {self.local} B" if self.stack or self.local else ""
+        """Local memory (a stack frame: register spills or local arrays): slower, not fatal; a warning."""
+        return (f"local memory: stack frame {self.stack} B, local {self.local} B (spills or local arrays)"
+                if self.stack or self.local else "")
 
 
 _RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -377,7 +378,7 @@ def test_every_kernel_config_fits_the_architecture(launches, arch):
         if c.spills():
             slow.append(f"sm_{arch} {c.launch.label()}: {c.spills()}")
     if slow:
-        warnings.warn(f"{len(slow)} configs spill registers:\n" + "\n".join(slow), stacklevel=1)
+        warnings.warn(f"{len(slow)} configs use local memory:\n" + "\n".join(slow), stacklevel=1)
     assert not bad, "\n".join(bad)
 
 
