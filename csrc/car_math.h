@@ -2,6 +2,20 @@
 // (csrc/cpu) and the CUDA kernels (csrc/cuda) so that both compute the same
 // function with the same index arithmetic. Definitions: docs/srdl.md, steps 5
 // and 6 and "Object erasing"; fastmlr/ops/reference.py is the reference.
+//
+// Precision promised (setup.py builds the CUDA side with nvcc's IEEE modes,
+// -ftz=false -prec-div=true -prec-sqrt=true, never --use_fast_math):
+// - division and square root are IEEE round-to-nearest on both sides, and
+//   denormals are kept (no flush to zero);
+// - float tanh/exp: the CPU uses tanh_fast below (absolute error a few 1e-8)
+//   and libm's expf; the GPU uses CUDA's tanhf and expf (at most 2 ulp, CUDA
+//   Math API), not the hardware approximations (__expf, tanh.approx) that
+//   fast-math substitutes; double uses the libm/CUDA double functions;
+// - products and sums may be contracted into FMAs (one rounding instead of
+//   two) on both sides, so float sums agree with the reference to float
+//   rounding, not bit for bit;
+// - the OE rule (oe_axis_run) and pool_value round every intermediate as the
+//   reference does and agree with it exactly, in every dtype.
 #pragma once
 
 #include <cmath>
@@ -79,7 +93,8 @@ FMLR_HD Op pool_value(T f, T sa, T ca) {
   return static_cast<Op>(static_cast<T>(static_cast<Op>(half_f) * static_cast<Op>(w)));
 }
 
-// Exact division even under nvcc --use_fast_math: the OE threshold compares a
+// IEEE round-to-nearest division whatever the compiler flags (__fdiv_rn is
+// never approximated, even under --use_fast_math): the OE threshold compares a
 // quotient with alpha, and the reference divides with IEEE rounding.
 FMLR_HD float div_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)

@@ -37,6 +37,13 @@ _INTERPRET_BLOCKS = dict(BLOCK_I=16, BLOCK_J=16, BLOCK_R=16)
 # error). tl.dot needs every block >= 16; 64 x 64 x 32 is a common fp32 GEMM
 # tile that holds two 64 x 32 operand tiles plus a 64 x 64 accumulator.
 _GPU_DOT_BLOCKS = dict(BLOCK_I=64, BLOCK_J=64, BLOCK_R=32, num_warps=4)
+# The second_order_pool backward loads G's tile, its transpose and an x tile
+# per step: the same blocks with Triton's default 3 pipeline stages need
+# 107,008 B of shared memory in fp32, over the 99 KB a block gets on sm_86/89,
+# and 255 registers a thread. Two stages and 8 warps: 65,792 B and ~150
+# registers, within every architecture the build targets
+# (tests/test_triton_compile.py checks each config against each one's limits).
+_GPU_SOP_BWD_BLOCKS = dict(BLOCK_I=64, BLOCK_J=64, BLOCK_R=32, num_warps=8, num_stages=2)
 # float64 has no tensor-core path we rely on: the product is an elementwise
 # 3-D broadcast (BLOCK_I x BLOCK_J x BLOCK_R values live at once), so it is
 # kept at 16^3 = 4K elements of 8 bytes.
@@ -228,6 +235,8 @@ def second_order_pool_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.
     if dx.numel() == 0:
         return dx
     blocks = _blocks(x.dtype)
+    if _use_dot(x.dtype) and not INTERPRET:
+        blocks = dict(_GPU_SOP_BWD_BLOCKS)
     grid = (triton.cdiv(P, blocks["BLOCK_R"]), triton.cdiv(D, blocks["BLOCK_I"]), N)
     with device_context(x):
         _sop_bwd_kernel[grid](

@@ -41,11 +41,23 @@ def _oe_axis_run(m, valid, alpha, flat_eps, BLOCK: tl.constexpr):
     constant inside a run and differs between runs, so run membership is a
     BLOCK x BLOCK equality test.
     """
-    hi = tl.max(tl.where(valid, m, float("-inf")), axis=0)
-    lo = tl.min(tl.where(valid, m, float("inf")), axis=0)
+    # tl.max/tl.min return fp32 for fp16/bf16 input; the extremes are values of
+    # m, so casting back is exact and keeps rng and d rounded to m's dtype.
+    hi = tl.max(tl.where(valid, m, float("-inf")), axis=0).to(m.dtype)
+    lo = tl.min(tl.where(valid, m, float("inf")), axis=0).to(m.dtype)
     rng = hi - lo
     flat = rng <= flat_eps
-    v = (m - lo) / tl.where(rng > 0, rng, 1.0)
+    # The quotient as the reference computes it: IEEE-rounded (Triton's `/` on
+    # fp32 is an approximate division), and for fp16/bf16 rounded back to the
+    # map's dtype before it is compared with alpha. fp16/bf16 divide in fp32,
+    # which rounds twice but still gives the correctly rounded result
+    # (24 >= 2 * 11 + 2 bits); float64's `/` is already div.rn.f64.
+    d = m - lo
+    denom = tl.where(rng > 0, rng, 1.0)
+    if m.dtype == tl.float64:
+        v = d / denom
+    else:
+        v = tl.div_rn(d.to(tl.float32), denom.to(tl.float32)).to(m.dtype)
     on = (v >= alpha) & valid
     is_max = (m == hi) & on
     key = tl.cumsum(tl.where(on, 0, 1), axis=0)
@@ -83,8 +95,8 @@ def _oe_boxes_kernel(
     m = tl.load(sa_ptr + pid * H * W + ys[:, None] * W + xs[None, :], mask=mask, other=float("-inf"))
     alpha = tl.load(thr_ptr)
     flat_eps = tl.load(thr_ptr + 1)
-    x0, x1, fx = _oe_axis_run(tl.max(m, axis=0), xs < W, alpha, flat_eps, BLOCK_W)
-    y0, y1, fy = _oe_axis_run(tl.max(m, axis=1), ys < H, alpha, flat_eps, BLOCK_H)
+    x0, x1, fx = _oe_axis_run(tl.max(m, axis=0).to(m.dtype), xs < W, alpha, flat_eps, BLOCK_W)
+    y0, y1, fy = _oe_axis_run(tl.max(m, axis=1).to(m.dtype), ys < H, alpha, flat_eps, BLOCK_H)
     j = tl.arange(0, 4)
     box = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, y0, y1)))
     box = tl.where(fx | fy, -1, box)
