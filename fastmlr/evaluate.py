@@ -152,7 +152,12 @@ def _fit_desc(fit: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: _show(args, evaluate(args, write=False)), debug=args.debug)
+    return run_command(lambda: run(args), debug=args.debug)
+
+
+def run(args) -> int:
+    """The command's work: evaluate, print the figures, then write the JSON (and the checkpoint's thresholds)."""
+    return _show(args, evaluate(args, write=False))
 
 
 def _show(args, m: dict) -> int:
