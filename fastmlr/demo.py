@@ -44,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# What the parts cost on 2 idle cores, in seconds (measured as CPU seconds with one thread,
-# MobileNetV2 at 96 px, batch 32, and divided by 1.7 for two threads): per training image
-# (forward, backward, rendering the mosaic), per validation image, and once each.
-TRAIN_S_PER_IMAGE = {"baseline": 0.010 / 1.7, "srdl": 0.016 / 1.7}
-VAL_S_PER_IMAGE = {"baseline": 0.0012 / 1.7, "srdl": 0.004 / 1.7}
+# What the parts cost on 2 idle cores, in seconds: CPU seconds measured with one thread
+# (MobileNetV2 at 96 px, batch 32, mosaics rendered in the process), divided by
+# THREAD_SPEEDUP where two threads share the work. Per training image (forward, backward,
+# rendering), per validation image, and once each.
+THREAD_SPEEDUP = 1.5
+TRAIN_S_PER_IMAGE = {"baseline": 0.0100 / THREAD_SPEEDUP, "srdl": 0.0157 / THREAD_SPEEDUP}
+VAL_S_PER_IMAGE = {"baseline": 0.0012 / THREAD_SPEEDUP, "srdl": 0.0040 / THREAD_SPEEDUP}
 PER_MODEL_S = 3.0  # building the model, loading weights and embeddings, writing checkpoints
-DEPLOY_S = 150.0  # ONNX fp32 + fp16 and AOTInductor exports (compiler included), their checks and timings
-BENCH_QUICK_S = 60.0  # `make demo` then runs `bench --quick`
+STARTUP_S = 10.0  # importing torch and the package, in the demo's and the bench's processes
+DEPLOY_S = 60.0  # ONNX fp32 + fp16 and AOTInductor exports (its compiler included), their checks and timings
+BENCH_QUICK_S = 45.0  # `make demo` then runs `bench --quick` (one thread)
 REFERENCE_SIZE = 96
 
 
@@ -59,7 +62,7 @@ def estimate_seconds(args) -> dict:
     """Seconds each part of the demo takes on 2 idle cores for this configuration: {part: s}, and "total"."""
     args = _effective(args)
     scale = (args.image_size / REFERENCE_SIZE) ** 2
-    parts = {}
+    parts = {"start": STARTUP_S}
     for name in _models(args):
         per_train = TRAIN_S_PER_IMAGE.get(name, TRAIN_S_PER_IMAGE["srdl"])
         per_val = VAL_S_PER_IMAGE.get(name, VAL_S_PER_IMAGE["srdl"])
@@ -120,7 +123,7 @@ def run(args) -> dict:
     results, timings = {}, {}
     for name in _models(args):
         out = os.path.join(args.out, name)
-        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {args.epochs} epochs, "
+        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
               f"{args.train_size} mosaics) ==", flush=True)
         targs = train_mod.build_parser().parse_args([
             "--model", name, "--backbone", args.backbone, "--data", "mosaics",

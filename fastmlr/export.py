@@ -1,9 +1,9 @@
 """python -m fastmlr.export: ONNX (fp32, fp16), TensorRT, AOTInductor and Triton artefacts of a model.
 
 Every artefact ``X`` gets a JSON sidecar ``X.json`` (class names, input size,
-mean/std, threshold and the checkpoint's per-class thresholds when it has them
-(``evaluate --calibrate-thresholds`` stores them), model config, batch range, versions and the artefact's
-sha256) that :func:`fastmlr.runtime.load` checks before running it. After
+mean/std, threshold, the checkpoint's per-class thresholds when it has them
+(``evaluate --calibrate-thresholds`` stores them), model config, batch range,
+versions and the artefact's sha256) that :func:`fastmlr.runtime.load` checks before running it. After
 writing each artefact the command checks it and prints a report: the ONNX
 checker (full check), the graph's op types against TensorRT's ONNX parser,
 and the largest probability difference from PyTorch on random and real

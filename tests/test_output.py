@@ -103,7 +103,7 @@ def test_demo_first_line_says_what_and_how_long(capsys):
     line = demo.plan_line(args)
     assert line.startswith("fastmlr demo: trains baseline and SRDL on 1500 mosaics (3 epochs, 96 px)")
     minutes = float(re.search(r"about (\d+(?:\.\d+)?) minutes", line).group(1))
-    assert 4 <= minutes <= 7, line
+    assert 2 <= minutes <= 7, line  # make demo's budget: about 6 minutes on an idle machine
     parts = demo.estimate_seconds(args)
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
     assert abs(parts["total"] / 60 - minutes) <= 0.5

@@ -330,3 +330,49 @@ def test_export_copies_them_into_every_sidecar_and_runners_apply_them(calibrated
     rc = ex.main(["--checkpoint", calibrated["path"], "--onnx", str(tmp_path / "s.onnx"), "--max-batch", "4",
                   "--opt-batch", "2", "--no-verify", "--single-threshold"])
     assert rc == 0 and "thresholds" not in json.load(open(tmp_path / "s.onnx.json"))
+
+
+@pytest.mark.parametrize("cmd,argv,expected", [
+    ("evaluate", ["--calibrate-thresholds", "--min-positives", "0"], "--min-positives 0: expected >= 1"),
+    ("evaluate", ["--calibrate-thresholds", "--threshold", "1.5"], "--threshold 1.5: expected a probability in (0, 1)"),
+    ("predict", ["--thresholds", "{missing}"], "no such file"),
+    ("predict", ["--thresholds", "{bad}"], "cannot be read as JSON"),
+    ("predict", ["--thresholds", "{obj}"], "holds no 'thresholds' list"),
+    ("predict", ["--thresholds", "{out_of_range}"], "thresholds must be in (0, 1)"),
+    ("predict", ["--thresholds", "{obj}", "--threshold", "0.3"], "contradict each other"),
+    ("predict", ["--threshold", "0"], "--threshold 0.0: expected a probability in (0, 1)"),
+])
+def test_threshold_flags_fail_in_one_line(calibrated, fmnist, tmp_path, capsys, cmd, argv, expected):
+    files = {"missing": tmp_path / "none.json", "bad": tmp_path / "bad.json", "obj": tmp_path / "obj.json",
+             "out_of_range": tmp_path / "range.json"}
+    files["bad"].write_text("[0.5,")
+    files["obj"].write_text(json.dumps({"threshold": 0.5}))
+    files["out_of_range"].write_text(json.dumps([0.5] * 9 + [1.0]))
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+    if cmd == "evaluate":
+        rc = evaluate.main(["--checkpoint", calibrated["plain"], "--data", "mosaics", "--data-root", fmnist,
+                            "--num-images", "8", "--workers", "0", *argv])
+    else:
+        rc = predict.main(["--checkpoint", calibrated["plain"], *argv, *_images(tmp_path, fmnist, n=1)])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_tensorrt_and_triton_plan_sidecars_carry_them(calibrated, tmp_path, monkeypatch, capsys):
+    """The TensorRT path with the recording stand-in for tensorrt of test_export (no GPU needed)."""
+    import sys
+
+    from test_export import _fake_tensorrt
+
+    from fastmlr.deploy import probe
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt([]))
+    monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
+    t = load_checkpoint(calibrated["path"])["thresholds"]
+    repo = tmp_path / "repo"
+    rc = ex.main(["--checkpoint", calibrated["path"], "--trt", str(tmp_path / "m.plan"), "--triton-repo", str(repo),
+                  "--max-batch", "4", "--opt-batch", "2", "--no-verify"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.load(open(tmp_path / "m.plan.json"))["thresholds"] == t
+    served = json.load(open(repo / "fastmlr_baseline" / "fastmlr.json"))
+    assert served["artifact"]["format"] == "tensorrt" and served["thresholds"] == t
