@@ -123,8 +123,9 @@ def run(args) -> dict:
     results, timings = {}, {}
     for name in _models(args):
         out = os.path.join(args.out, name)
-        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
-              f"{args.train_size} mosaics) ==", flush=True)
+        epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {epochs}, {args.train_size} mosaics) ==",
+              flush=True)
         targs = train_mod.build_parser().parse_args([
             "--model", name, "--backbone", args.backbone, "--data", "mosaics",
             "--train-size", str(args.train_size), "--val-size", str(args.val_size),
