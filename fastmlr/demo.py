@@ -69,7 +69,8 @@ def estimate_seconds(args) -> dict:
         parts[f"train {name}"] = PER_MODEL_S + scale * args.epochs * (
             args.train_size * per_train + args.val_size * per_val)
     if "srdl" in _models(args):
-        parts["calibrate and deploy srdl"] = scale * args.val_size * VAL_S_PER_IMAGE["srdl"] + DEPLOY_S * max(scale, 1.0)
+        calibrate = scale * args.val_size * VAL_S_PER_IMAGE["srdl"]
+        parts["calibrate and deploy srdl"] = calibrate + DEPLOY_S * max(scale, 1.0)
     parts["bench --quick (make demo)"] = BENCH_QUICK_S
     parts["total"] = sum(parts.values())
     return parts

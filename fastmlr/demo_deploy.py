@@ -35,7 +35,8 @@ def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None
     paths = {"onnx fp32": stem + ".onnx", "onnx fp16": stem + ".fp16.onnx", "aoti": stem + ".pt2"}
     real, _ = real_images(size, n=max_batch)
     print(f"\n== deployment: exporting {checkpoint} ({size} px) to {out_dir}; thresholds: "
-          + (f"per-class, {len(per_class)} from the checkpoint ==" if per_class else "0.5 for every class =="), flush=True)
+          + (f"per-class, {len(per_class)} from the checkpoint ==" if per_class else "0.5 for every class =="),
+          flush=True)
     reports = []
     for kind, path in paths.items():
         t0 = time.perf_counter()

@@ -121,7 +121,8 @@ def choose_thresholds(args, ckpt: dict) -> tuple[list[float], str]:
     stored = checkpoint_thresholds(ckpt)
     if stored is not None:
         fit = ckpt.get("thresholds_fit") or {}
-        where = f"fitted on {fit.get('data')}/{fit.get('split')}, {fit.get('num_images')} images" if fit else "fit unrecorded"
+        where = (f"fitted on {fit.get('data')}/{fit.get('split')}, {fit.get('num_images')} images" if fit
+                 else "fit unrecorded")
         return stored, f"thresholds: per-class, from the checkpoint {args.checkpoint} ({where})"
     return ([DEFAULT_THRESHOLD] * len(names),
             f"thresholds: {DEFAULT_THRESHOLD:g} for every class (the checkpoint has no per-class thresholds)")

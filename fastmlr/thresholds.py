@@ -65,7 +65,8 @@ def fit_thresholds(scores, targets, ignore=None, *, min_positives: int = MIN_POS
         each class's F1 at its threshold on this data), ``min_positives``, ``default``.
     """
     if min_positives < 1:
-        raise ValueError(f"min_positives must be >= 1 (a class without positives has no F1 to maximise), found {min_positives}")
+        raise ValueError(f"min_positives must be >= 1 (a class without positives has no F1 to maximise), "
+                         f"found {min_positives}")
     if not 0.0 < default < 1.0:
         raise ValueError(f"default threshold must be in (0, 1), found {default}")
     raw = _as_numpy(scores, "scores")
@@ -117,7 +118,10 @@ def per_class_f1(scores, targets, ignore=None, thresholds=0.5) -> list[float]:
 
 
 def check_thresholds(thresholds, num_classes: int, where: str) -> list[float]:
-    """``thresholds`` as a list of ``num_classes`` floats in (0, 1) (a single number is repeated), or a ValueError naming ``where``."""
+    """``thresholds`` as a list of ``num_classes`` floats in (0, 1) (a single number is repeated).
+
+    Anything else is a ValueError naming ``where``.
+    """
     if isinstance(thresholds, (int, float, np.floating)):
         thresholds = [float(thresholds)] * num_classes
     try:
