@@ -2,7 +2,9 @@
 
 A checkpoint holds the model's registry name, its config, the class names and
 its state dict (label embeddings included, as a buffer), plus, for training,
-the optimiser, scheduler, epoch, RNG states (:func:`rng_state`) and metric history.
+the optimiser, scheduler, epoch, RNG states (:func:`rng_state`) and metric history,
+and optionally per-class decision thresholds (:func:`store_thresholds`:
+``"thresholds"``, a list of floats, and ``"thresholds_fit"``, where they were fitted).
 
 Checkpoints are read with ``torch.load(weights_only=True)``: only tensors, plain
 containers, numbers, strings and the few types listed in ``SAFE_GLOBALS`` are
@@ -61,6 +63,36 @@ def save_checkpoint(path: str, payload: dict) -> None:
     payload = {"format": FORMAT, **payload}
     remove_stale_temps(path)
     atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+
+
+def store_thresholds(path: str, thresholds, fit: dict) -> dict:
+    """Write per-class ``thresholds`` (and ``fit``: data, split, images... plain values) into checkpoint ``path``.
+
+    The file is rewritten atomically with everything else unchanged; returns the stored checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    values = [float(t) for t in thresholds]
+    if len(values) != ckpt["num_classes"]:
+        raise CheckpointMismatch(f"{path}: {len(values)} thresholds for a model with {ckpt['num_classes']} classes")
+    ckpt.pop("path")
+    ckpt.pop("format")
+    ckpt["thresholds"], ckpt["thresholds_fit"] = values, dict(fit)
+    save_checkpoint(path, ckpt)
+    ckpt["path"] = path
+    return ckpt
+
+
+def checkpoint_thresholds(ckpt: dict) -> list[float] | None:
+    """The checkpoint's per-class thresholds, or None when it has none (one threshold then applies to all)."""
+    values = ckpt.get("thresholds")
+    if values is None:
+        return None
+    if len(values) != ckpt["num_classes"] or not all(0.0 < float(t) < 1.0 for t in values):
+        raise CheckpointMismatch(
+            f"{ckpt.get('path', 'checkpoint')}: 'thresholds' holds {len(values)} values, expected "
+            f"{ckpt['num_classes']} in (0, 1)"
+        )
+    return [float(t) for t in values]
 
 
 def _refused_global(msg: str) -> str | None:

@@ -4,8 +4,12 @@ Trains the baseline (GMP + linear) and SRDL on the built-in Fashion-MNIST
 mosaics with the same backbone (MobileNetV2, ImageNet weights from the offline
 package), budget and seed, evaluates both on the validation mosaics, prints
 their metric tables side by side and draws SRDL's attention maps for a few
-validation images. Its defaults (96 px, 1500 mosaics, 3 epochs: about 1.5
-minutes a model on 2 idle cores) are the budget of docs/results.md.
+validation images, calibrates SRDL's per-class decision thresholds on the
+validation mosaics, then exports SRDL (ONNX fp32/fp16, AOTInductor, the
+thresholds in every sidecar), checks and times it. Its defaults (96 px, 1500
+mosaics, 3 epochs) are the budget of docs/results.md. The first line says what
+it will do and how long that takes, estimated from the configuration
+(:func:`estimate_seconds`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,64 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What the parts cost on 2 idle cores, in seconds: CPU seconds measured with one thread
+# (MobileNetV2 at 96 px, batch 32, mosaics rendered in the process), divided by
+# THREAD_SPEEDUP where two threads share the work. Per training image (forward, backward,
+# rendering), per validation image, and once each.
+THREAD_SPEEDUP = 1.5
+TRAIN_S_PER_IMAGE = {"baseline": 0.0100 / THREAD_SPEEDUP, "srdl": 0.0157 / THREAD_SPEEDUP}
+VAL_S_PER_IMAGE = {"baseline": 0.0012 / THREAD_SPEEDUP, "srdl": 0.0040 / THREAD_SPEEDUP}
+PER_MODEL_S = 3.0  # building the model, loading weights and embeddings, writing checkpoints
+STARTUP_S = 10.0  # importing torch and the package, in the demo's and the bench's processes
+DEPLOY_S = 60.0  # ONNX fp32 + fp16 and AOTInductor exports (its compiler included), their checks and timings
+BENCH_QUICK_S = 45.0  # `make demo` then runs `bench --quick` (one thread)
+REFERENCE_SIZE = 96
+
+
+def estimate_seconds(args) -> dict:
+    """Seconds each part of the demo takes on 2 idle cores for this configuration: {part: s}, and "total"."""
+    args = _effective(args)
+    scale = (args.image_size / REFERENCE_SIZE) ** 2
+    parts = {"start": STARTUP_S}
+    for name in _models(args):
+        per_train = TRAIN_S_PER_IMAGE.get(name, TRAIN_S_PER_IMAGE["srdl"])
+        per_val = VAL_S_PER_IMAGE.get(name, VAL_S_PER_IMAGE["srdl"])
+        parts[f"train {name}"] = PER_MODEL_S + scale * args.epochs * (
+            args.train_size * per_train + args.val_size * per_val)
+    if "srdl" in _models(args):
+        calibrate = scale * args.val_size * VAL_S_PER_IMAGE["srdl"]
+        parts["calibrate and deploy srdl"] = calibrate + DEPLOY_S * max(scale, 1.0)
+    parts["bench --quick (make demo)"] = BENCH_QUICK_S
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def plan_line(args) -> str:
+    """The demo's first line: what it does and about how long that takes on 2 idle cores."""
+    args = _effective(args)
+    names = [n.upper() if n in ("srdl", "aamn", "mmdsr") else n for n in _models(args)]
+    what = " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+    deploy = ", calibrates SRDL's thresholds, exports and times it" if "srdl" in _models(args) else ""
+    minutes = estimate_seconds(args)["total"] / 60.0
+    return (f"fastmlr demo: trains {what} on {args.train_size} mosaics ({epochs}, {args.image_size} px){deploy}: "
+            f"about {minutes:.0f} minutes on 2 idle cores with make demo's bench --quick "
+            f"(more on a busy machine)")
+
+
+def _models(args) -> list[str]:
+    return [m.strip() for m in args.models.split(",") if m.strip()]
+
+
+def _effective(args):
+    """``args`` with --quick's configuration applied."""
+    if args.quick:
+        args = argparse.Namespace(**vars(args))
+        args.image_size, args.train_size, args.val_size = 64, 64, 48
+        args.epochs, args.batch_size, args.lr_step = 1, 16, 1
+    return args
+
+
 def _embeddings_source(requested: str) -> str:
     if requested != "glove50":
         return requested
@@ -55,16 +117,16 @@ def run(args) -> dict:
     from . import train as train_mod
     from .metrics import format_metrics_table
 
-    if args.quick:
-        args.image_size, args.train_size, args.val_size = 64, 64, 48
-        args.epochs, args.batch_size, args.lr_step = 1, 16, 1
+    print(plan_line(args), flush=True)
+    args = _effective(args)
     os.makedirs(args.out, exist_ok=True)
     emb = _embeddings_source(args.embeddings)
     results, timings = {}, {}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in _models(args):
         out = os.path.join(args.out, name)
-        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {args.epochs} epochs, "
-              f"{args.train_size} mosaics) ==", flush=True)
+        epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+        print(f"\n== training {name} ({args.backbone}, {args.image_size} px, {epochs}, {args.train_size} mosaics) ==",
+              flush=True)
         targs = train_mod.build_parser().parse_args([
             "--model", name, "--backbone", args.backbone, "--data", "mosaics",
             "--train-size", str(args.train_size), "--val-size", str(args.val_size),
@@ -83,12 +145,28 @@ def run(args) -> dict:
     summary = {"results": results, "train_seconds": timings, "config": vars(args)}
     if "srdl" in results:
         summary["attention_maps"] = _attention_figure(args)
+        summary["thresholds"] = _calibrate(args)
         from .demo_deploy import demo_deployment  # ONNX fp32/fp16 + AOTInductor, checked and timed beside eager
 
         summary["deployment"] = demo_deployment(os.path.join(args.out, "srdl", "last.pt"), os.path.join(args.out, "export"))
     atomic_write_json(os.path.join(args.out, "results.json"), summary)
     print(f"wrote {os.path.join(args.out, 'results.json')}")
     return summary
+
+
+def _calibrate(args) -> dict:
+    """SRDL's per-class thresholds, fitted on the validation mosaics and stored in its checkpoint."""
+    from . import evaluate
+    from .checkpoint import load_checkpoint
+
+    ckpt = os.path.join(args.out, "srdl", "last.pt")
+    eargs = evaluate.build_parser().parse_args([
+        "--checkpoint", ckpt, "--data", "mosaics", "--num-images", str(args.val_size), "--seed", str(args.seed + 1),
+        "--workers", "0", "--device", "cpu", "--calibrate-thresholds",
+    ])
+    print("\n== SRDL: per-class thresholds on the validation mosaics ==", flush=True)
+    evaluate.run(eargs)
+    return load_checkpoint(ckpt)["thresholds_fit"]
 
 
 def _attention_figure(args) -> str:

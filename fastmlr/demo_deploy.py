@@ -23,18 +23,21 @@ def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None
     Returns {"reports": [...], "latency_ms": {runner: {batch: ms}}, "paths": {...}}; prints both.
     """
     from . import runtime
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     size = int(image_size or ckpt.get("image_size") or 448)
     model = model_from_checkpoint(ckpt).eval()
-    side = make_sidecar(model, size)
+    per_class = checkpoint_thresholds(ckpt)
+    side = make_sidecar(model, size, thresholds=per_class)
     max_batch = max(batches)
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, side["model"])
     paths = {"onnx fp32": stem + ".onnx", "onnx fp16": stem + ".fp16.onnx", "aoti": stem + ".pt2"}
     real, _ = real_images(size, n=max_batch)
-    print(f"\n== deployment: exporting {checkpoint} ({size} px) to {out_dir} ==", flush=True)
+    print(f"\n== deployment: exporting {checkpoint} ({size} px) to {out_dir}; thresholds: "
+          + (f"per-class, {len(per_class)} from the checkpoint ==" if per_class else "0.5 for every class =="),
+          flush=True)
     reports = []
     for kind, path in paths.items():
         t0 = time.perf_counter()

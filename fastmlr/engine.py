@@ -96,11 +96,11 @@ def resolve_device(requested: str | torch.device | None = None, *, flag: str = "
 @torch.no_grad()
 def predict_dataset(model, loader, device, progress: bool = False, desc: str = "eval"):
     """Run ``model`` over ``loader``; returns (scores, targets, ignore, n_skipped) on the CPU."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     model.eval()
     scores, targets, ignores, skipped = [], [], [], 0
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in progress_bar(loader, enabled=progress, desc=desc, leave=False):
         if batch is None:
             skipped += loader.batch_size
             continue

@@ -1,8 +1,9 @@
 """python -m fastmlr.export: ONNX (fp32, fp16), TensorRT, AOTInductor and Triton artefacts of a model.
 
 Every artefact ``X`` gets a JSON sidecar ``X.json`` (class names, input size,
-mean/std, threshold, model config, batch range, versions and the artefact's
-sha256) that :func:`fastmlr.runtime.load` checks before running it. After
+mean/std, threshold, the checkpoint's per-class thresholds when it has them
+(``evaluate --calibrate-thresholds`` stores them), model config, batch range,
+versions and the artefact's sha256) that :func:`fastmlr.runtime.load` checks before running it. After
 writing each artefact the command checks it and prints a report: the ONNX
 checker (full check), the graph's op types against TensorRT's ONNX parser,
 and the largest probability difference from PyTorch on random and real
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("options")
     o.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     o.add_argument("--threshold", type=float, default=0.5, help="decision threshold written to the sidecar")
+    o.add_argument("--single-threshold", action="store_true",
+                   help="leave the checkpoint's per-class thresholds out of the sidecars (--threshold for every class)")
     o.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
     o.add_argument("--timing-cache", default=None, help="TensorRT timing cache (default: beside the engine)")
     o.add_argument("--verify-images", nargs="*", default=None, metavar="IMAGE",
@@ -70,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(args) -> tuple[nn.Module, int]:
-    """The model the flags name and its input size."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    """The model the flags name and its input size (``model.thresholds``: the checkpoint's per-class ones, or None)."""
+    from .checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
     from .models import create_model
 
     if args.checkpoint:
@@ -79,6 +82,8 @@ def load_model(args) -> tuple[nn.Module, int]:
             raise ValueError("give either --checkpoint or --model/--num-classes/--backbone, not both")
         ckpt = load_checkpoint(args.checkpoint)
         model = model_from_checkpoint(ckpt)
+        model.thresholds = checkpoint_thresholds(ckpt)
+        model.thresholds_fit = ckpt.get("thresholds_fit") or {}
         size = args.image_size or ckpt.get("image_size") or 448
         return model.eval(), int(size)
     missing = [f for f, v in (("--model", args.model), ("--num-classes", args.num_classes), ("--backbone", args.backbone))
@@ -89,6 +94,7 @@ def load_model(args) -> tuple[nn.Module, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights and embeddings are the point here
         model = create_model(args.model, args.num_classes, backbone=args.backbone, weights="none")
+    model.thresholds = None
     return model.eval(), int(args.image_size or 448)
 
 
@@ -112,6 +118,18 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def threshold_note(model, per_class, args) -> str:
+    """Which decision thresholds the sidecars carry, in words."""
+    if per_class is not None:
+        fit = getattr(model, "thresholds_fit", {}) or {}
+        where = f" (fitted on {fit.get('data')}/{fit.get('split')}, {fit.get('num_images')} images)" if fit else ""
+        return f"per-class, {len(per_class)} from the checkpoint{where}"
+    why = ("--single-threshold" if model.thresholds is not None
+           else "the checkpoint has none: evaluate --calibrate-thresholds fits them" if args.checkpoint
+           else "a random model has none")
+    return f"{args.threshold:g} for every class ({why})"
+
+
 def _stem(path: str) -> str:
     for ext in (".onnx", ".plan", ".engine"):
         if path.endswith(ext):
@@ -126,7 +144,8 @@ def run(args) -> int:
         raise ValueError("--validate-mosaics compares the fp16 graph with fp32: it needs --fp16")
     check_batch_range(args.min_batch, args.opt_batch, args.max_batch)
     model, size = load_model(args)
-    side = make_sidecar(model, size, threshold=args.threshold)
+    per_class = None if args.single_threshold else model.thresholds
+    side = make_sidecar(model, size, threshold=args.threshold, thresholds=per_class)
     reports, written = [], []
     verify = not args.no_verify
     real, real_desc = (None, "not checked")
@@ -150,6 +169,7 @@ def run(args) -> int:
     print(f"fastmlr export: {side['model']} ({side['config'].get('backbone')}), {side['num_classes']} classes, "
           f"{size} px, batch {args.min_batch}..{args.max_batch} (opt {args.opt_batch}); real images: {real_desc}",
           flush=True)
+    print("thresholds in every sidecar: " + threshold_note(model, per_class, args), flush=True)
     if need_fp32:
         step("ONNX fp32", export_onnx, model, onnx32, size, fp16=False, **kw)
         if verify:

@@ -145,7 +145,7 @@ def _top_k_mask(s: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     return pred & valid
 
 
-def multilabel_metrics(scores, targets, ignore=None, threshold: float = 0.5, top_k: int = 3) -> dict:
+def multilabel_metrics(scores, targets, ignore=None, threshold=0.5, top_k: int = 3) -> dict:
     """mAP, per-class AP and CP/CR/CF1/OP/OR/OF1 at ``threshold`` and at top-``top_k``.
 
     Args:
@@ -153,14 +153,16 @@ def multilabel_metrics(scores, targets, ignore=None, threshold: float = 0.5, top
             applies to them as given).
         targets (Tensor | ndarray [N, C]): 1 for present, 0 for absent (on non-ignored entries).
         ignore (bool Tensor | ndarray [N, C] | None): entries that count nowhere.
-        threshold: an entry is predicted when ``score >= threshold``.
+        threshold: an entry is predicted when ``score >= threshold``; a float, or one
+            threshold per class (a sequence of C floats, e.g. ``fit_thresholds``'s).
         top_k: K of the ``*_topK`` metrics (3 in the ML-GCN/SRDL literature).
 
     Returns:
         dict of python floats/lists: ``mAP``, ``AP`` (list[C], ``nan`` where no positive),
         ``classes_without_positive`` (list[int]), ``CP, CR, CF1, OP, OR, OF1``,
         ``CP_top3 ... OF1_top3`` (for ``top_k=3``), ``n_images``, ``n_classes``,
-        ``threshold``, ``top_k``. See the module docstring for the 0/0 conventions.
+        ``threshold`` (a float, or a list[C] when per-class thresholds were given), ``top_k``.
+        See the module docstring for the 0/0 conventions.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, found {top_k}")
@@ -173,10 +175,14 @@ def multilabel_metrics(scores, targets, ignore=None, threshold: float = 0.5, top
         "AP": [float(v) for v in ap],
         "classes_without_positive": [int(i) for i in np.flatnonzero(~has_pos)],
     }
-    out.update(_count_metrics(s >= threshold, pos, valid))
+    t = np.asarray(threshold, dtype=np.float64)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != c):
+        raise ValueError(f"threshold must be a number or one per class ({c}), found shape {t.shape}")
+    out.update(_count_metrics(s >= t, pos, valid))
     for key, value in _count_metrics(_top_k_mask(s, valid, top_k), pos, valid).items():
         out[f"{key}_top{top_k}"] = value
-    out.update(n_images=int(n), n_classes=int(c), threshold=float(threshold), top_k=int(top_k))
+    out.update(n_images=int(n), n_classes=int(c), top_k=int(top_k),
+               threshold=float(t) if t.ndim == 0 else [float(v) for v in t])
     return out
 
 

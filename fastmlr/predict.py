@@ -1,24 +1,39 @@
-"""python -m fastmlr.predict: labels and scores for images; --attention-maps draws SRDL's maps (paper fig. 5)."""
+"""python -m fastmlr.predict: labels and scores for images; --attention-maps draws SRDL's maps (paper fig. 5).
+
+A label is given when its probability reaches its class's threshold. The
+thresholds come from, in this order: ``--thresholds FILE.json``, ``--threshold X``
+(one for every class), the checkpoint's per-class thresholds (stored by
+``evaluate --calibrate-thresholds``), else 0.5 for every class. The first line of
+the output (standard error with --json) says which was used.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, model_from_checkpoint
+from .checkpoint import atomic_write_bytes, checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
 from .engine import UsageError, backend_flag, resolve_device, run_command
+from .thresholds import check_thresholds
+
+DEFAULT_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastmlr.predict", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--threshold", type=float, default=0.5, help="labels at or above this probability")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="one threshold for every class (default: the checkpoint's per-class ones, else 0.5)")
+    p.add_argument("--thresholds", default=None, metavar="FILE.json",
+                   help="per-class thresholds: a JSON list (one per class), or an object with a 'thresholds' list "
+                   "(a sidecar, evaluate's JSON)")
     p.add_argument("--top", type=int, default=5, help="also show this many best scores per image")
     p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--attention-maps", default=None, metavar="OUT.png",
@@ -66,6 +81,53 @@ def draw_attention(images: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor
     return canvas
 
 
+def thresholds_from_file(path: str, class_names: list[str]) -> list[float]:
+    """The per-class thresholds a --thresholds file holds, checked against the model's classes."""
+    flag = f"--thresholds {path}"
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{flag}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{flag}: cannot be read as JSON ({e})") from None
+    if isinstance(data, dict):
+        names = data.get("class_names")
+        if names is not None and list(names) != list(class_names):
+            raise UsageError(f"{flag}: its class_names differ from the checkpoint's ({len(names)} vs "
+                             f"{len(class_names)} classes, or another order)")
+        per = data.get("calibrated") or data.get("checkpoint_thresholds") or {}
+        data = data.get("thresholds", per.get("thresholds"))
+        if data is None:
+            raise UsageError(f"{flag}: the object holds no 'thresholds' list (expected a list of "
+                             f"{len(class_names)} numbers, or an object with one)")
+    try:
+        return check_thresholds(data, len(class_names), flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def choose_thresholds(args, ckpt: dict) -> tuple[list[float], str]:
+    """(one threshold per class, a line saying where they come from): see the module docstring for the order."""
+    names = list(ckpt["class_names"])
+    if args.thresholds and args.threshold is not None:
+        raise UsageError("--threshold and --thresholds contradict each other; give one")
+    if args.thresholds:
+        return thresholds_from_file(args.thresholds, names), f"thresholds: per-class, from {args.thresholds}"
+    if args.threshold is not None:
+        if not 0.0 < args.threshold < 1.0:
+            raise UsageError(f"--threshold {args.threshold}: expected a probability in (0, 1)")
+        return [args.threshold] * len(names), f"thresholds: {args.threshold:g} for every class (--threshold)"
+    stored = checkpoint_thresholds(ckpt)
+    if stored is not None:
+        fit = ckpt.get("thresholds_fit") or {}
+        where = (f"fitted on {fit.get('data')}/{fit.get('split')}, {fit.get('num_images')} images" if fit
+                 else "fit unrecorded")
+        return stored, f"thresholds: per-class, from the checkpoint {args.checkpoint} ({where})"
+    return ([DEFAULT_THRESHOLD] * len(names),
+            f"thresholds: {DEFAULT_THRESHOLD:g} for every class (the checkpoint has no per-class thresholds)")
+
+
 def predict(args) -> list[dict]:
     if args.image_size is not None and args.image_size < 1:
         raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
@@ -77,6 +139,7 @@ def predict(args) -> list[dict]:
 def _predict(args, device) -> list[dict]:
     ckpt = load_checkpoint(args.checkpoint)
     size = args.image_size or ckpt.get("image_size") or 448
+    thresholds, args.threshold_source = choose_thresholds(args, ckpt)
     model = model_from_checkpoint(ckpt).to(device).eval()
     names = ckpt["class_names"]
     tensors = [load_image(p, size)[0] for p in args.images]
@@ -88,7 +151,8 @@ def _predict(args, device) -> list[dict]:
         order = p.argsort(descending=True).tolist()
         results.append({
             "image": path,
-            "labels": [{"label": names[c], "score": round(float(p[c]), 4)} for c in order if p[c] >= args.threshold],
+            "labels": [{"label": names[c], "score": round(float(p[c]), 4), "threshold": thresholds[c]}
+                       for c in order if float(p[c]) >= thresholds[c]],
             "top": [{"label": names[c], "score": round(float(p[c]), 4)} for c in order[: args.top]],
         })
     if args.attention_maps:
@@ -109,6 +173,7 @@ def main(argv=None) -> int:
 
 
 def _show(args, results: list[dict]) -> int:
+    print(args.threshold_source, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -255,15 +255,14 @@ def _train(args) -> dict:
         + (f" x{world}" if world > 1 else "")
     )
 
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     log_path = os.path.join(args.out, "log.jsonl")
     for epoch in range(start_epoch, args.epochs):
         loader = _loader(train_ds, args, True, epoch, world, rank)
         train_model.train()
         total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
-        bar = tqdm(total=total_steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not progress,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(total=total_steps, desc=f"epoch {epoch + 1}/{args.epochs}", enabled=progress, leave=False)
         t0, seen, loss_sum, steps, skipped = time.perf_counter(), 0, 0.0, 0, 0
         for step, batch in enumerate(loader):
             if args.max_steps is not None and step >= args.max_steps:
@@ -327,11 +326,8 @@ def _train(args) -> dict:
                 "val": {k: m[k] for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")},
             }
             history.append(rec)
-            log(
-                f"epoch {epoch + 1}/{args.epochs}: loss {rec['train_loss']:.4f}, "
-                f"{rec['train_images_per_s']:.1f} img/s, val mAP {100 * m['mAP']:.2f}, CF1 {100 * m['CF1']:.2f}, "
-                f"OF1 {100 * m['OF1']:.2f}" + (f", {rec['skipped_images']} unreadable images skipped" if rec["skipped_images"] else "")
-            )
+            rec["epoch_seconds"] = time.perf_counter() - t0
+            log(epoch_summary(rec, args.epochs))
             payload = {
                 "model": args.model,
                 "num_classes": len(classes),
@@ -365,6 +361,14 @@ def _train(args) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return {"history": history, "classes": classes, "out": args.out}
+
+
+def epoch_summary(rec: dict, epochs: int) -> str:
+    """The one line printed after each epoch: loss, validation mAP/CF1/OF1, time and speed."""
+    skipped = f", {rec['skipped_images']} unreadable images skipped" if rec["skipped_images"] else ""
+    return (f"epoch {rec['epoch']}/{epochs}: loss {rec['train_loss']:.4f}, val mAP {100 * rec['val']['mAP']:.2f} "
+            f"CF1 {100 * rec['val']['CF1']:.2f} OF1 {100 * rec['val']['OF1']:.2f}, "
+            f"{rec['epoch_seconds']:.1f} s ({rec['train_images_per_s']:.1f} img/s){skipped}")
 
 
 class _TrainForward(torch.nn.Module):
