@@ -54,7 +54,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow" tests
 
 demo: setup
-	$(BIN)/python -m fastmlr.demo
+	@$(BIN)/python -m fastmlr.demo
 	$(BIN)/python -m fastmlr.bench --quick --out runs/demo/bench
 
 bench: setup

@@ -11,6 +11,7 @@ import tempfile
 
 import torch
 
+from ..progress import progress_bar
 from .cells import (
     child_main,
     describe_machine,
@@ -20,8 +21,8 @@ from .cells import (
     run_group_isolated,
     run_train_cell,
 )
-from .report import PAPER_MS, PAPER_ONLY_MS, add_overheads, format_markdown, plot, uncertain_overheads
 from .measure import CLOCKS
+from .report import PAPER_MS, PAPER_ONLY_MS, add_overheads, format_markdown, plot, uncertain_overheads
 from .runtimes import RUNTIMES
 
 QUICK = dict(backbone="resnet18", image_size=64, num_classes=10, warmup=2, min_iters=15, max_iters=300, max_time=10.0,
@@ -199,8 +200,6 @@ def measure_runtime(cfg: dict, rt: str, work: str, bar) -> list[dict]:
 
 
 def run(args) -> dict:
-    from tqdm import tqdm
-
     from ..files import atomic_write_bytes, atomic_write_json
 
     cfg = resolve_config(args)
@@ -220,8 +219,7 @@ def run(args) -> dict:
     }
     work = tempfile.mkdtemp(prefix="fastmlr-bench-")
     n_train = 2 * len(cfg["models"]) if args.train else 0
-    bar = tqdm(total=len(cfg["runtimes"]) + n_train, desc="bench", dynamic_ncols=True,
-               disable=args.no_progress or not sys.stderr.isatty())
+    bar = progress_bar(total=len(cfg["runtimes"]) + n_train, desc="bench", enabled=not args.no_progress)
     try:
         for rt in cfg["runtimes"]:
             result["cells"] += measure_runtime(cfg, rt, work, bar)
