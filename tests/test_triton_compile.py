@@ -337,11 +337,28 @@ def launches() -> list[Launch]:
 
 
 _compiled_cache: dict[int, list[Compiled]] = {}
+# The launches a forked worker compiles by index (JIT functions do not pickle; fork shares them).
+_WORK: list[Launch] = []
+
+
+def _compile_one(job: tuple[int, int]) -> tuple:
+    c = compile_launch(_WORK[job[0]], job[1])
+    return c.ptx, c.shared, c.regs, c.stack, c.local
 
 
 def _compiled(launches: list[Launch], arch: int) -> list[Compiled]:
+    """Every launch compiled for ``arch``, on every core (each compile is one process's MLIR + ptxas work)."""
     if arch not in _compiled_cache:
-        _compiled_cache[arch] = [compile_launch(launch, arch) for launch in launches]
+        import multiprocessing
+
+        _WORK[:] = launches
+        workers = min(len(os.sched_getaffinity(0)), 8)
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                fields = pool.map(_compile_one, [(i, arch) for i in range(len(launches))], chunksize=4)
+        else:
+            fields = [_compile_one((i, arch)) for i in range(len(launches))]
+        _compiled_cache[arch] = [Compiled(launch, arch, *f) for launch, f in zip(launches, fields)]
     return _compiled_cache[arch]
 
 
