@@ -75,11 +75,8 @@ def _extensions():
 
 
 ext_modules, cmdclass = _extensions()
-# kernels/ (the Triton kernels) ships inside the package as fastmlr.kernels.
-packages = find_packages(include=["fastmlr", "fastmlr.*"]) + ["fastmlr.kernels"]
 setup(
-    packages=packages,
-    package_dir={"fastmlr.kernels": "kernels"},
+    packages=find_packages(include=["fastmlr", "fastmlr.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

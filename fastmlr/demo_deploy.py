@@ -9,7 +9,8 @@ import torch
 
 from .deploy.aoti import export_aoti, verify_aoti
 from .deploy.contract import make_sidecar
-from .deploy.onnx import export_onnx, verify_onnx
+from .deploy.fp16 import format_report as fp16_lines
+from .deploy.onnx import export_onnx, export_onnx_fp16, verify_onnx
 from .deploy.verify import measure_latency, real_images
 from .export import format_report
 
@@ -42,7 +43,12 @@ def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None
             reports.append(verify_aoti(path, model, size, real=real, max_batch=max_batch))
         else:
             fp16 = kind.endswith("fp16")
-            export_onnx(model, path, size, opt_batch=min(batches), max_batch=max_batch, fp16=fp16, sidecar=side)
+            if fp16:
+                search = export_onnx_fp16(model, path, size, images=real, opt_batch=min(batches), max_batch=max_batch,
+                                          sidecar=side)
+                print("\n".join(fp16_lines(search)), flush=True)
+            else:
+                export_onnx(model, path, size, opt_batch=min(batches), max_batch=max_batch, sidecar=side)
             reports.append(verify_onnx(path, model, size, fp16=fp16, real=real, max_batch=max_batch))
         print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
         print(format_report(reports[-1]), flush=True)

@@ -27,7 +27,8 @@ from .checkpoint import CheckpointMismatch
 from .deploy.aoti import export_aoti, verify_aoti
 from .deploy.contract import make_sidecar, sidecar_path
 from .deploy.graph import check_batch_range
-from .deploy.onnx import DEFAULT_OPSET, export_onnx, fp16_map_check, verify_onnx
+from .deploy.fp16 import format_report as fp16_lines
+from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
 from .deploy.probe import TRTUnavailable
 from .deploy.triton_repo import repo_files, write_triton_repo
 from .deploy.trt import build_trt_engine, trtexec_command
@@ -185,7 +186,12 @@ def run(args) -> int:
             reports.append(verify_onnx(onnx32, model, size, real=real, max_batch=args.max_batch))
             print(format_report(reports[-1]), flush=True)
     if need_fp16:
-        step("ONNX fp16", export_onnx, model, onnx16, size, fp16=True, **kw)
+        # fp16 where the verification images allow it, fp32 where the search finds fp16 too coarse.
+        t0 = time.perf_counter()
+        search = export_onnx_fp16(model, onnx16, size, images=real, **kw)
+        print(f"wrote ONNX fp16: {onnx16} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print("\n".join(fp16_lines(search)), flush=True)
+        written.append(onnx16)
         if verify:
             reports.append(verify_onnx(onnx16, model, size, fp16=True, real=real, max_batch=args.max_batch))
             print(format_report(reports[-1]), flush=True)

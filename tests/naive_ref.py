@@ -1,13 +1,18 @@
-"""Naive, loop-by-loop readings of docs/srdl.md, independent of fastmlr.ops.reference.
+"""Naive, loop-by-loop readings of docs/srdl.md and docs/models/, independent of fastmlr.ops.reference.
 
-Every backend's tests hold the ops to these (float64, pure Python loops).
+One per op; every backend's tests (tests/test_op_*.py) hold the ops to these (float64,
+pure Python loops; the OE rule in the map's own dtype, as the backends compare).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+# A marginal whose max - min is at most this is flat (docs/srdl.md, "Object erasing").
+FLAT_EPS = 1e-6
 
 
 def spatial_attention(u, wc, s, b):
@@ -36,17 +41,29 @@ def car_pool(f, sa, ca):
     return out
 
 
-def _runs(values, alpha):
-    """The OE rule on one marginal (list of floats): (start, end) inclusive, or None if flat."""
+# The arithmetic of the OE rule: float64 (Python floats), or the map's own dtype where numpy has it,
+# since the rule's comparisons (v >= alpha, flat) are made in the map's dtype by every backend.
+_NUMPY_SCALAR = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: float}
+
+
+def _runs(values, alpha, t=float):
+    """The OE rule on one marginal (list of floats): (start, end) inclusive, or None if flat.
+
+    Min-max normalise (in ``t``), keep positions >= alpha, and among the runs of kept
+    positions holding an exact maximum take the widest, then the first.
+    """
+    values = [t(v) for v in values]
     lo, hi = min(values), max(values)
-    if hi - lo <= 1e-6:
+    rng = t(hi - lo)
+    if rng <= t(FLAT_EPS):
         return None
-    norm = [(v - lo) / (hi - lo) for v in values]
+    norm = [t(t(v - lo) / rng) for v in values]
     runs, start = [], None
-    for i, v in enumerate(norm + [-1.0]):
-        if v >= alpha and start is None:
+    for i, v in enumerate(norm + [None]):
+        on = v is not None and v >= t(alpha)
+        if on and start is None:
             start = i
-        elif v < alpha and start is not None:
+        elif not on and start is not None:
             runs.append((start, i - 1))
             start = None
     with_max = [r for r in runs if any(values[i] == hi for i in range(r[0], r[1] + 1))]
@@ -58,12 +75,13 @@ def _runs(values, alpha):
 
 
 def oe_box(m, alpha=0.5):
-    """One map (Tensor[H, W]) -> [x0, x1, y0, y1] (x along W) or [-1] * 4."""
+    """One map (Tensor[H, W]) -> [x0, x1, y0, y1] (x along W) or [-1] * 4, in the map's dtype's arithmetic."""
+    t = _NUMPY_SCALAR[m.dtype]
     rows = m.double().tolist()
     H, W = len(rows), len(rows[0])
     mx = [max(rows[y][x] for y in range(H)) for x in range(W)]
     my = [max(rows[y][x] for x in range(W)) for y in range(H)]
-    rx, ry = _runs(mx, alpha), _runs(my, alpha)
+    rx, ry = _runs(mx, alpha, t), _runs(my, alpha, t)
     if rx is None or ry is None:
         return [-1, -1, -1, -1]
     return [rx[0], rx[1], ry[0], ry[1]]
@@ -132,4 +150,94 @@ def hand_maps():
     # alpha = 1: only the maximal positions.
     m = torch.tensor([[0.0, 0.5, 0.99], [0.1, 1.0, 0.2]])
     cases.append(("alpha-1", m, 1.0, [1, 1, 1, 1]))
+    for name, rows, alpha, want in _MORE_HAND_MAPS:
+        cases.append((name, torch.tensor(rows, dtype=torch.float32), alpha, list(want or (-1, -1, -1, -1))))
     return cases
+
+
+_MORE_HAND_MAPS = [  # name, rows (H x W), alpha, expected (x0, x1, y0, y1) worked out by hand (None: flat)
+    ("one-blob", [[0, 0, 0, 0], [0, 5, 6, 0], [0, 4, 5, 0]], 0.5, (1, 2, 1, 2)),
+    ("max-in-narrow-run-2", [[9, 9, 9, 0, 10], [0, 0, 0, 0, 0]], 0.5, (4, 4, 0, 0)),
+    ("one-row-is-flat", [[7, 0, 7, 7, 0, 7]], 0.5, None),  # H = 1: y is flat
+    ("several-max-runs-wider-wins-2d", [[7, 0, 7, 7, 0, 7], [0, 0, 0, 0, 0, 0]], 0.5, (2, 3, 0, 0)),
+    ("equal-width-first-wins", [[0, 0, 0, 0, 0], [3, 0, 0, 0, 3]], 0.5, (0, 0, 1, 1)),
+    ("edge-runs", [[8, 1, 1, 1, 6], [8, 1, 1, 1, 6], [1, 1, 1, 1, 1]], 0.5, (0, 0, 0, 1)),
+    ("run-to-the-end", [[0, 0, 2, 9, 9], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]], 0.2, (2, 4, 0, 0)),
+    ("flat-2x2", [[0.3, 0.3], [0.3, 0.3]], 0.5, None),
+    ("flat-within-eps", [[0.3, 0.3 + 5e-7], [0.3, 0.3]], 0.5, None),
+    ("flat-one-axis", [[0, 4, 0], [0, 4, 0]], 0.5, None),  # every row's max is 4: y is flat
+]
+
+
+def oe_rule_cases(dtype):
+    """Maps named by what they exercise (random ones included), in ``dtype``."""
+    cases = {}
+    # Two maximal runs of equal height: the wider (second) one wins.
+    m = torch.zeros(1, 1, 3, 9)
+    m[0, 0, 1, [1, 5, 6, 7]] = 1.0
+    cases["widest max run wins"] = m
+    # Two maximal runs of equal width: the first wins.
+    m = torch.zeros(1, 1, 4, 8)
+    m[0, 0, 2, [1, 2, 5, 6]] = 1.0
+    cases["first of equal runs"] = m
+    # A wide run above alpha without the maximum loses to a narrow one with it.
+    m = torch.zeros(1, 1, 2, 10)
+    m[0, 0, 0, 0:5] = 0.8
+    m[0, 0, 0, 8] = 1.0
+    cases["run must contain the max"] = m
+    # Runs touching both edges, maximum at the last index.
+    m = torch.zeros(1, 1, 5, 6)
+    m[0, 0, 0, 0:2] = 0.9
+    m[0, 0, 4, 4:6] = 1.0
+    m[0, 0, 0:5, 5] = 1.0
+    cases["runs at the edges"] = m
+    # Flat: constant map; and flat along one axis only (a full row of maxima).
+    cases["flat map"] = torch.full((1, 2, 4, 4), 0.3)
+    m = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(2)) * 0.5
+    m[0, 0, 2, :] = 1.0
+    cases["flat along x"] = m
+    cases["tiny range is flat"] = torch.full((1, 1, 3, 3), 0.5) + torch.eye(3)[None, None] * 5e-7
+    cases["1x1 map"] = torch.rand(2, 2, 1, 1)
+    # Several runs that all hold the maximum, of widths 1, 3, 2.
+    m = torch.zeros(1, 1, 1, 12)
+    m[0, 0, 0, [0, 3, 4, 5, 8, 9]] = 1.0
+    cases["several max runs"] = m
+    g = torch.Generator().manual_seed(7)
+    cases["random 3x5"] = torch.rand(3, 4, 3, 5, generator=g)
+    cases["random 7x7"] = torch.rand(2, 3, 7, 7, generator=g)
+    cases["random 14x14 quantised"] = (torch.rand(2, 3, 14, 14, generator=g) * 4).round() / 4  # many exact ties
+    return {k: v.to(dtype) for k, v in cases.items()}
+
+
+# -- AAMN and MMDSR ----------------------------------------------------------------------------------
+
+def covariance(x):
+    """cov[n,i,j] = 1/P sum_p (x_ip - mean_i)(x_jp - mean_j), by loops in float64."""
+    x = x.double().tolist()
+    N, D, P = len(x), len(x[0]), len(x[0][0])
+    out = torch.empty(N, D, D, dtype=torch.float64)
+    for n in range(N):
+        mean = [sum(x[n][i]) / P for i in range(D)]
+        for i in range(D):
+            for j in range(D):
+                out[n, i, j] = sum((x[n][i][p] - mean[i]) * (x[n][j][p] - mean[j]) for p in range(P)) / P
+    return out
+
+
+def mp_cosine(v, w, eps=1e-8):
+    """S[n,i,j] = 1/K sum_k cos(w_k * v_i, w_k * v_j), by loops in float64."""
+    v, w = v.double().tolist(), w.double().tolist()
+    N, C, D, K = len(v), len(v[0]), len(v[0][0]), len(w)
+    out = torch.empty(N, C, C, dtype=torch.float64)
+    for n in range(N):
+        for i in range(C):
+            for j in range(C):
+                tot = 0.0
+                for k in range(K):
+                    a = [w[k][d] * v[n][i][d] for d in range(D)]
+                    b = [w[k][d] * v[n][j][d] for d in range(D)]
+                    na = max(math.sqrt(sum(t * t for t in a)), eps)
+                    nb = max(math.sqrt(sum(t * t for t in b)), eps)
+                    tot += sum(a[d] * b[d] for d in range(D)) / (na * nb)
+                out[n, i, j] = tot / K
+    return out

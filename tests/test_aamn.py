@@ -97,8 +97,9 @@ def test_channel_relation_is_danet_attention_by_hand():
     torch.testing.assert_close(cre(x), want.reshape_as(x))
 
 
-def test_spatial_relation_goes_through_fastmlr_ops():
-    sre = SpatialRelation(8, 4, 4, backend="no-such-backend")
+def test_spatial_relation_goes_through_fastmlr_ops(monkeypatch):
+    sre = SpatialRelation(8, 4, 4)
+    monkeypatch.setenv("FASTMLR_BACKEND", "no-such-backend")
     with pytest.raises(ops.BackendError, match="no-such-backend"):
         sre(torch.randn(1, 8, 3, 3))
 

@@ -127,8 +127,9 @@ def test_dynamic_graph_by_hand():
     torch.testing.assert_close(dsr(z, a0)[0], v + h)
 
 
-def test_graph_goes_through_fastmlr_ops():
-    dsr = DynamicSemantic(3, 4, backend="no-such-backend")
+def test_graph_goes_through_fastmlr_ops(monkeypatch):
+    dsr = DynamicSemantic(3, 4)
+    monkeypatch.setenv("FASTMLR_BACKEND", "no-such-backend")
     with pytest.raises(ops.BackendError, match="no-such-backend"):
         dsr(torch.randn(1, 4, 2, 2), torch.randn(2, 3))
 

@@ -37,7 +37,7 @@ from .probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_vers
 _LAZY = {
     "InferenceGraph": "graph", "export_mode": "graph",
     "export_onnx": "onnx", "verify_onnx": "onnx", "onnx_op_types": "onnx", "unsupported_by_tensorrt": "onnx",
-    "fp16_map_check": "onnx", "TRT_ONNX_OPS": "onnx", "DEFAULT_OPSET": "onnx",
+    "fp16_map_check": "onnx", "export_onnx_fp16": "onnx", "TRT_ONNX_OPS": "onnx", "DEFAULT_OPSET": "onnx",
     "export_aoti": "aoti", "verify_aoti": "aoti",
     "build_trt_engine": "trt",
     "triton_config": "triton_repo", "write_triton_repo": "triton_repo",

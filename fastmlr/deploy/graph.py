@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import types
 import warnings
 
 import torch
@@ -38,15 +37,6 @@ def export_mode(model: nn.Module, backend: str = EXPORT_BACKEND):
         model.train(was_training)
 
 
-def _fold_category_embeddings(net: nn.Module) -> None:
-    # until fold_constants lands: SRDL's label graph by method name, as export did before the model hook.
-    if callable(getattr(net, "category_embeddings", None)):
-        with torch.no_grad():
-            wc = net.category_embeddings().detach().float()
-        net.register_buffer("folded_category_embeddings", wc, persistent=False)
-        net.category_embeddings = types.MethodType(lambda self: self.folded_category_embeddings, net)
-
-
 class InferenceGraph(nn.Module):
     """images (float32 Tensor[N, 3, S, S], normalised) -> (logits, probs), both float32 Tensor[N, C].
 
@@ -61,12 +51,10 @@ class InferenceGraph(nn.Module):
     def __init__(self, model: nn.Module, fp16: bool = False):
         super().__init__()
         net = copy.deepcopy(model).eval()
-        fold = getattr(net, "fold_constants", None)
+        fold = getattr(net, "fold_constants", None)  # every MLRModel has it; a plain nn.Module folds nothing
         if callable(fold):
             with torch.no_grad():
                 fold()
-        else:  # until fold_constants lands
-            _fold_category_embeddings(net)
         self.fp16 = bool(fp16)
         self.net = net.half() if self.fp16 else net.float()
 

@@ -36,6 +36,7 @@ from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
 from .base import MLRModel, apply_ablation, masked_bce
+from .blocks import attention, projection
 
 # Ablations: each module off in turn, and all off (= the capacity-matched baseline plus nothing).
 ABLATIONS: dict[str, dict] = {
@@ -44,22 +45,6 @@ ABLATIONS: dict[str, dict] = {
     "no_sre": dict(use_sre=False),
     "none": dict(use_memory=False, use_cre=False, use_sre=False),
 }
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """``softmax(q k^T / sqrt(d_k)) v`` by PyTorch's fused attention, one head.
-
-    q (Tensor[N, L, d_k]), k (Tensor[N, S, d_k]), v (Tensor[N, S, d_v]) -> Tensor[N, L, d_v]. The head
-    axis is added because the ONNX exporter translates only 4-D scaled_dot_product_attention.
-    """
-    return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-
-
-def projection(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv + BN + ReLU: the extra layer each head puts on a backbone map (and baseline_cm copies)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
-    )
 
 
 class ChannelRelation(nn.Module):
@@ -94,9 +79,9 @@ class SpatialRelation(nn.Module):
     """
 
     def __init__(self, dim: int, reduced: int = 64, key_dim: int = 64, use_second_order: bool = True,
-                 use_nonlocal: bool = True, backend: str | None = None):
+                 use_nonlocal: bool = True):
         super().__init__()
-        self.use_second_order, self.use_nonlocal, self.backend = use_second_order, use_nonlocal, backend
+        self.use_second_order, self.use_nonlocal = use_second_order, use_nonlocal
         if use_second_order:
             self.reduce = nn.Sequential(nn.Conv2d(dim, reduced, 1, bias=False), nn.BatchNorm2d(reduced),
                                         nn.ReLU(inplace=True))
@@ -109,7 +94,7 @@ class SpatialRelation(nn.Module):
 
     def second_order_gate(self, x: Tensor) -> Tensor:
         """x (Tensor[N, d, H, W]) -> channel gate s (Tensor[N, d])."""
-        cov = ops.second_order_pool(self.reduce(x).flatten(2), backend=self.backend)  # N, r, r
+        cov = ops.second_order_pool(self.reduce(x).flatten(2))  # N, r, r
         return torch.sigmoid(self.gate(F.relu(self.row_conv(cov).squeeze(2))))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -194,7 +179,6 @@ class AAMN(MLRModel):
         memory_momentum: m of the memory's moving average.
         sop_dim: r, channels of the reduced map whose covariance SRE pools.
         key_dim: d_k of the non-local block and the memory read.
-        backend: passed to every ``fastmlr.ops`` call (None: the default dispatch).
         ablation: a name from ``ABLATIONS`` (overrides the switches it names).
     """
 
@@ -212,7 +196,6 @@ class AAMN(MLRModel):
         memory_momentum: float = 0.9,
         sop_dim: int = 64,
         key_dim: int = 64,
-        backend: str | None = None,
         ablation: str | None = None,
     ):
         sw = apply_ablation("AAMN", ABLATIONS, ablation, use_memory=use_memory, use_cre=use_cre, use_sre=use_sre)
@@ -229,11 +212,10 @@ class AAMN(MLRModel):
                  memory_momentum=float(memory_momentum), sop_dim=int(sop_dim), key_dim=int(key_dim)),
         )
         self.use_memory, self.use_cre, self.use_sre = use_memory, use_cre, use_sre
-        self.backend = backend
         self.backbone = Backbone(backbone, weights)
         self.proj = projection(self.backbone.out_channels, dim)
         self.cre = ChannelRelation() if use_cre else None
-        self.sre = (SpatialRelation(dim, sop_dim, key_dim, use_second_order, use_nonlocal, backend)
+        self.sre = (SpatialRelation(dim, sop_dim, key_dim, use_second_order, use_nonlocal)
                     if use_sre else None)
         self.cmm = CategoricalMemory(num_classes, dim, key_dim, memory_momentum) if use_memory else None
         self.fc = nn.Linear(dim, num_classes)

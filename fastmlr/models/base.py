@@ -38,6 +38,11 @@ def label_embeddings_or_random(model: str, embeddings, num_classes: int, embed_d
     return torch.randn(num_classes, int(embed_dim), generator=torch.Generator().manual_seed(0))
 
 
+def fold_buffer(value: Tensor) -> Tensor:
+    """A constant for :meth:`MLRModel.fold_constants`: detached, at least float32."""
+    return value.detach().to(torch.promote_types(value.dtype, torch.float32))
+
+
 def apply_ablation(model: str, presets: dict[str, dict], ablation: str | None, **switches: bool) -> dict[str, bool]:
     """The module switches after an ablation preset (a name of ``presets``) overrides those it names."""
     if ablation is None:
@@ -54,8 +59,8 @@ class MLRModel(nn.Module):
     """Base class: ``forward(images) -> logits (Tensor[N, C])``.
 
     Subclasses implement ``forward_features`` and ``forward_head``; they may
-    override ``forward_train`` (extra outputs used by ``loss``) and
-    ``attention_maps``.
+    override ``forward_train`` (extra outputs used by ``loss``),
+    ``attention_maps`` and ``fold_constants``.
     """
 
     model_name = "?"
@@ -85,3 +90,12 @@ class MLRModel(nn.Module):
     def attention_maps(self, images: Tensor) -> Tensor | None:
         """Per-category spatial maps (Tensor[N, C, H, W]) where the model has them."""
         return None
+
+    def fold_constants(self) -> None:
+        """Replace image-independent computations by buffers holding their results (default: none).
+
+        For a copy of the model about to be exported: the outputs stay the same, the
+        parameters that fed the folded values are no longer read, so training the
+        model afterwards would not change them. Buffers are at least float32 and are
+        not saved in state dicts.
+        """

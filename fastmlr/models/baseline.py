@@ -14,16 +14,16 @@ from torch import Tensor
 from ._registry import register_model
 from .backbones import Backbone
 from .base import MLRModel
+from .blocks import projection
 
 
 class Baseline(MLRModel):
     """ResNet/MobileNet + GMP + linear (paper: 77.1 mAP COCO, 91.8 VOC at 448 px)."""
 
     def __init__(
-        self, num_classes: int, backbone: str = "resnet101", weights: str | None = None, backend: str | None = None,
+        self, num_classes: int, backbone: str = "resnet101", weights: str | None = None,
         proj_dim: int | None = None, **unused,
     ):
-        # backend: accepted like every model's, unused (no fastmlr.ops in this head).
         if unused:
             raise TypeError(f"baseline: unexpected options {sorted(unused)}")
         if proj_dim is not None and int(proj_dim) < 1:
@@ -36,8 +36,6 @@ class Baseline(MLRModel):
         self.proj = None
         width = self.backbone.out_channels
         if proj_dim is not None:
-            from .aamn import projection
-
             self.proj = projection(width, int(proj_dim))
             width = int(proj_dim)
         self.fc = nn.Linear(width, num_classes)

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ._registry import register_model
 from .backbones import Backbone
-from .base import MLRModel, label_embeddings_or_random
+from .base import MLRModel, fold_buffer, label_embeddings_or_random
 from .srdl import LabelGraph
 
 
@@ -108,7 +108,6 @@ class MLGCN(MLRModel):
             docstring); None learns the graph.
         tau, p: the correlation matrix's threshold and re-weighting.
         fixed_adjacency: set by checkpoints; True with no ``adjacency`` makes a placeholder graph.
-        backend: accepted like every model's, unused (no fastmlr.ops in this head).
     """
 
     def __init__(
@@ -123,7 +122,6 @@ class MLGCN(MLRModel):
         tau: float = 0.4,
         p: float = 0.2,
         fixed_adjacency: bool | None = None,
-        backend: str | None = None,
     ):
         embeddings = label_embeddings_or_random("ML-GCN", embeddings, num_classes, embed_dim)
         embed_dim = embeddings.shape[1]
@@ -144,7 +142,6 @@ class MLGCN(MLRModel):
             dict(backbone=backbone, embed_dim=int(embed_dim), hidden=int(hidden), tau=float(tau), p=float(p),
                  fixed_adjacency=fixed),
         )
-        self.backend = backend
         self.backbone = Backbone(backbone, weights)
         D = self.backbone.out_channels
         self.register_buffer("label_embeddings", embeddings.clone())
@@ -156,6 +153,8 @@ class MLGCN(MLRModel):
             self.graph = LabelGraph(num_classes, int(embed_dim), layers=0)
         self.gc1 = GraphConv(int(embed_dim), int(hidden))
         self.gc2 = GraphConv(int(hidden), D)
+        # W once computed, set by fold_constants (None: computed by the GCN each call).
+        self.register_buffer("folded_classifiers", None, persistent=False)
 
     def normalized_adjacency(self) -> Tensor:
         """``A_hat`` (Tensor[C, C])."""
@@ -163,9 +162,16 @@ class MLGCN(MLRModel):
 
     def classifiers(self) -> Tensor:
         """The GCN's output: one classifier per category, ``W`` (Tensor[C, D])."""
+        if self.folded_classifiers is not None:
+            return self.folded_classifiers
         adj = self.normalized_adjacency()
         h = F.leaky_relu(self.gc1(self.label_embeddings, adj), negative_slope=0.2)
         return self.gc2(h, adj)
+
+    def fold_constants(self) -> None:
+        """The classifiers depend on no image: ``W`` becomes a buffer; the GCN and its graph are no longer read."""
+        with torch.no_grad():
+            self.folded_classifiers = fold_buffer(self.classifiers())
 
     def forward_features(self, images: Tensor) -> Tensor:
         return self.backbone(images)

@@ -32,9 +32,9 @@ from torch import Tensor
 
 from .. import ops
 from ._registry import register_model
-from .aamn import attention, projection
 from .backbones import Backbone
 from .base import MLRModel, apply_ablation, label_embeddings_or_random
+from .blocks import attention, projection
 
 ABLATIONS: dict[str, dict] = {
     "no_mfr": dict(use_mfr=False),
@@ -103,9 +103,9 @@ class DynamicSemantic(nn.Module):
     """
 
     def __init__(self, embed_dim: int, dim: int, perspectives: int = 4, gcn_layers: int = 2,
-                 use_graph: bool = True, backend: str | None = None):
+                 use_graph: bool = True):
         super().__init__()
-        self.use_graph, self.backend = use_graph, backend
+        self.use_graph = use_graph
         self.f_w = nn.Linear(embed_dim, dim)
         self.key = nn.Conv2d(dim, dim, 1)
         if use_graph:
@@ -128,7 +128,7 @@ class DynamicSemantic(nn.Module):
 
     def adjacency(self, v: Tensor) -> Tensor:
         """V (Tensor[N, C, d]) -> row-normalised A (Tensor[N, C, C])."""
-        s = F.relu(ops.multi_perspective_cosine(v, self.perspectives.to(v.dtype), backend=self.backend))
+        s = F.relu(ops.multi_perspective_cosine(v, self.perspectives.to(v.dtype)))
         return s / s.sum(dim=2, keepdim=True).clamp_min(1e-6)
 
     def forward(self, z: Tensor, a0: Tensor) -> Tensor:
@@ -155,7 +155,6 @@ class MMDSR(MLRModel):
         use_mfr, use_cdca, use_dsr: the three modules of the abstract; use_graph: DSR's graph
             (off: category features straight to their classifiers).
         perspectives: K of the weighted cosine; gcn_layers: L.
-        backend: passed to every ``fastmlr.ops`` call.
         ablation: a name from ``ABLATIONS`` (overrides the switches it names).
     """
 
@@ -174,7 +173,6 @@ class MMDSR(MLRModel):
         perspectives: int = 4,
         gcn_layers: int = 2,
         key_dim: int = 64,
-        backend: str | None = None,
         ablation: str | None = None,
     ):
         sw = apply_ablation("MMDSR", ABLATIONS, ablation, use_mfr=use_mfr, use_cdca=use_cdca, use_dsr=use_dsr,
@@ -193,7 +191,6 @@ class MMDSR(MLRModel):
                  gcn_layers=int(gcn_layers), key_dim=int(key_dim)),
         )
         self.use_mfr, self.use_cdca, self.use_dsr = use_mfr, use_cdca, use_dsr
-        self.backend = backend
         self.backbone = Backbone(backbone, weights)
         c8, c16, c32 = self.backbone.stage_channels
         # Levels at strides 8 and 16 are read only by MFR (16 also stands in for X_l without it).
@@ -202,7 +199,7 @@ class MMDSR(MLRModel):
         self.cdca = DualBranchFusion(dim) if use_cdca else None
         self.register_buffer("label_embeddings", embeddings.clone())
         if use_dsr:
-            self.dsr = DynamicSemantic(embed_dim, dim, int(perspectives), int(gcn_layers), use_graph, backend)
+            self.dsr = DynamicSemantic(embed_dim, dim, int(perspectives), int(gcn_layers), use_graph)
             bound = 1 / math.sqrt(dim)
             self.cls_weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
             self.cls_bias = nn.Parameter(torch.zeros(num_classes))

@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
-from .base import MLRModel, apply_ablation, label_embeddings_or_random, masked_bce
+from .base import MLRModel, apply_ablation, fold_buffer, label_embeddings_or_random, masked_bce
 
 # Paper tables 5 and 6, each a configuration of the one model.
 ABLATIONS: dict[str, dict] = {
@@ -77,7 +77,6 @@ class SRDL(MLRModel):
         use_gcn, use_ca, use_sa, use_oe: the ablation switches.
         oe_k, oe_alpha: OE's top-K and threshold.
         gcn_layers: L.
-        backend: passed to every ``fastmlr.ops`` call (None: the default dispatch).
     """
 
     def __init__(
@@ -94,7 +93,6 @@ class SRDL(MLRModel):
         oe_k: int = 3,
         oe_alpha: float = 0.5,
         gcn_layers: int = 2,
-        backend: str | None = None,
         ablation: str | None = None,
     ):
         sw = apply_ablation("SRDL", ABLATIONS, ablation, use_gcn=use_gcn, use_ca=use_ca, use_sa=use_sa, use_oe=use_oe)
@@ -117,12 +115,14 @@ class SRDL(MLRModel):
             ),
         )
         self.use_gcn, self.use_ca, self.use_sa, self.use_oe = use_gcn, use_ca, use_sa, use_oe
-        self.oe_k, self.oe_alpha, self.backend = int(oe_k), float(oe_alpha), backend
+        self.oe_k, self.oe_alpha = int(oe_k), float(oe_alpha)
 
         self.backbone = Backbone(backbone, weights)
         D = self.backbone.out_channels
         # A0: stored with the model so a checkpoint never needs the embedding source again.
         self.register_buffer("label_embeddings", embeddings.clone())
+        # Wc once computed, set by fold_constants (None: computed from the label graph each call).
+        self.register_buffer("folded_category_embeddings", None, persistent=False)
         self.gcn = LabelGraph(num_classes, embed_dim, gcn_layers) if use_gcn else None
         self.f_w = nn.Linear(embed_dim, D)
         if use_ca:
@@ -138,6 +138,8 @@ class SRDL(MLRModel):
     # -- the pieces of the head, each a step of docs/srdl.md --------------------------------------
     def category_embeddings(self) -> Tensor:
         """Steps 2-3: ``Wc = f_w(X)`` (Tensor[C, D])."""
+        if self.folded_category_embeddings is not None:
+            return self.folded_category_embeddings.to(self.cls_weight.dtype)
         x = self.gcn(self.label_embeddings) if self.gcn is not None else self.label_embeddings
         return self.f_w(x)
 
@@ -149,7 +151,7 @@ class SRDL(MLRModel):
     def spatial_attention(self, f: Tensor, wc: Tensor) -> Tensor:
         """Step 5, eq. 5. f (Tensor[N, D, P]), wc (Tensor[C, D]) -> SA (Tensor[N, C, P])."""
         u = self.f_sa(f.transpose(1, 2))
-        return ops.car_spatial_attention(u, wc, self.f_s.weight[0], self.f_s.bias[0], backend=self.backend)
+        return ops.car_spatial_attention(u, wc, self.f_s.weight[0], self.f_s.bias[0])
 
     def classify(self, feat: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """Step 7, eq. 2: one linear classifier per category. feat (Tensor[N, K, D]) -> (Tensor[N, K])."""
@@ -162,7 +164,7 @@ class SRDL(MLRModel):
         C = wc.shape[0]
         ca = self.channel_attention(f, wc) if self.use_ca else f.new_zeros(N, C, D)
         sa = self.spatial_attention(f, wc) if self.use_sa else f.new_zeros(N, C, H * W)
-        feat = ops.car_pool(f, sa, ca, backend=self.backend)
+        feat = ops.car_pool(f, sa, ca)
         logits = self.classify(feat, self.cls_weight, self.cls_bias)
         return {"logits": logits, "f": f, "sa": sa, "ca": ca, "hw": (H, W)}
 
@@ -192,10 +194,10 @@ class SRDL(MLRModel):
         with torch.no_grad():
             idx = logits.topk(K, dim=1).indices  # sigmoid is monotonic: top-K of p
         sa_k = sa.gather(1, idx[:, :, None].expand(N, K, P)).reshape(N, K, H, W)
-        boxes = ops.oe_boxes(sa_k, self.oe_alpha, backend=self.backend)
-        sa_erased = ops.oe_erase(sa_k, boxes, backend=self.backend).reshape(N, K, P)
+        boxes = ops.oe_boxes(sa_k, self.oe_alpha)
+        sa_erased = ops.oe_erase(sa_k, boxes).reshape(N, K, P)
         ca_k = ca.gather(1, idx[:, :, None].expand(N, K, ca.shape[2]))
-        feat_k = ops.car_pool(f, sa_erased, ca_k, backend=self.backend)
+        feat_k = ops.car_pool(f, sa_erased, ca_k)
         z_k = self.classify(feat_k, self.cls_weight[idx], self.cls_bias[idx])
         return logits.scatter(1, idx, z_k)
 
@@ -204,6 +206,11 @@ class SRDL(MLRModel):
         if "logits_erased" in out:
             loss = loss + masked_bce(out["logits_erased"], targets, ignore)
         return loss
+
+    def fold_constants(self) -> None:
+        """Steps 2-3 depend on no image: ``Wc`` becomes a buffer; the label graph and f_w are no longer read."""
+        with torch.no_grad():
+            self.folded_category_embeddings = fold_buffer(self.category_embeddings())
 
     @torch.no_grad()
     def attention_maps(self, images: Tensor) -> Tensor | None:

@@ -2,9 +2,12 @@
 
 One definition of what each op computes (``fastmlr.ops.reference`` and
 docs/srdl.md), several implementations behind :func:`available_backends`.
-Every op takes ``backend=None``: a name from :func:`available_backends`, or
-``None`` for ``$FASTMLR_BACKEND`` or else the fastest backend that accepts the
-call.
+Which implementation runs: an op's ``backend=`` argument, else the innermost
+``with use_backend(name):`` block, else ``$FASTMLR_BACKEND``, else the fastest
+backend that accepts the call. :func:`backend_status` says, per device (and
+op), which backends run and why the others refuse; ``python -m fastmlr.ops``
+prints it. The optional backends ("cpp", "triton") are imported on first use,
+not by ``import fastmlr.ops`` (see fastmlr/ops/_dispatch.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from ._dispatch import (
     OPS,
     Backend,
     BackendError,
+    BackendStatus,
     available_backends,
+    backend_status,
     current_backend,
     register_backend,
     select,
@@ -32,6 +37,8 @@ __all__ = [
     "second_order_pool",
     "multi_perspective_cosine",
     "available_backends",
+    "backend_status",
+    "BackendStatus",
     "use_backend",
     "current_backend",
     "BackendError",
@@ -185,6 +192,3 @@ def multi_perspective_cosine(v: Tensor, w: Tensor, *, backend: str | None = None
     _same_device_dtype("multi_perspective_cosine", v=v, w=w)
     return select("multi_perspective_cosine", (v, w), backend).impls["multi_perspective_cosine"](v, w)
 
-
-# Optional backends register themselves; a failure is reported once, by the module.
-from . import _backends  # noqa: E402,F401

@@ -2,20 +2,16 @@
 
 import torch
 
-from . import OPS, available_backends
-from ._dispatch import _BACKENDS, _UNAVAILABLE
+from . import OPS, backend_status
 
-devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-for dev in devices:
-    probe = (torch.zeros(1, 1, 1, device=dev),)
+for dev in ("cpu", "cuda"):
+    device_rows = backend_status(dev)
+    if not any(r.runs for r in device_rows):
+        print(f"{dev}: nothing runs ({'; '.join(sorted({r.reason for r in device_rows}))})")
+        continue
     print(f"{dev}:")
     for op in OPS:
-        runs, refusals = [], []
-        for name in available_backends(dev):
-            reason = _BACKENDS[name].refuse(op, dev, probe)
-            (refusals.append(f"{name} ({reason})") if reason else runs.append(name))
-        print(f"  {op}: {', '.join(runs)}" + (f"; refused: {'; '.join(refusals)}" if refusals else ""))
-for name, why in sorted(_UNAVAILABLE.items()):
-    print(f"{name}: unavailable: {why}")
-if "cuda" not in devices:
-    print("cuda: no CUDA device on this machine")
+        rows = backend_status(dev, op, torch.float32)
+        runs = [r.name for r in rows if r.runs]
+        refused = [f"{r.name} ({r.reason})" for r in rows if not r.runs]
+        print(f"  {op}: {', '.join(runs) or 'none'}" + (f"; refused: {'; '.join(refused)}" if refused else ""))

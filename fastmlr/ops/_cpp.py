@@ -4,7 +4,7 @@ Loading ``fastmlr._C`` registers the ops ``torch.ops.fastmlr.*`` (schemas in
 csrc/fastmlr.cpp, kernels in csrc/cpu and csrc/cuda). This module adds what
 torch.compile and autograd need (fake kernels, backward formulas) and the
 backend entry for :mod:`fastmlr.ops`. If the extension is missing the import
-fails and ``fastmlr.ops._backends`` marks "cpp" unavailable with the reason.
+fails and fastmlr.ops (which imports this module on first use) marks "cpp" unavailable with the reason.
 
 Differences from the reference, by design:
 - ``car_pool``'s backward sends each maximum's gradient to the first ``p``
@@ -123,9 +123,13 @@ _CAR_DTYPES = {
 _OE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _why_not(op: str, device_type: str, tensors: tuple) -> str | None:
+def _why_not_device(device_type: str) -> str | None:
     if device_type == "cuda" and not has_cuda_kernels():
         return "fastmlr._C was built without CUDA (no nvcc at build time, or FASTMLR_WITH_CUDA=0)"
+    return None
+
+
+def _why_not(op: str, device_type: str, tensors: tuple) -> str | None:
     dtype = tensors[0].dtype
     allowed = _OE_DTYPES if op.startswith("oe_") else _CAR_DTYPES[device_type]
     if dtype not in allowed:
@@ -161,5 +165,6 @@ register_backend(
         },
         priority={"cpu": 10, "cuda": 20},
         why_not=_why_not,
+        why_not_device=_why_not_device,
     )
 )

@@ -1,12 +1,14 @@
 """The "triton" backend: fastmlr.kernels' Triton kernels behind fastmlr.ops.
 
 On CUDA tensors it is the default (priority 10). On CPU tensors Triton runs
-only in its interpreter, which is decided when the kernels are decorated,
-i.e. when fastmlr is first imported: the backend accepts CPU tensors only if
-``TRITON_INTERPRET=1`` was set by then, and even so is never preferred over
-the C++ backend (priority 90; it is slow, and meant for testing the kernels
-without a GPU). Ask for it with ``backend="triton"`` or
-``FASTMLR_BACKEND=triton``.
+only in its interpreter, which Triton decides when the kernels are decorated,
+i.e. when this module is imported: the first time fastmlr.ops consults its
+registry (first op call, ``available_backends``, ``backend_status``), not at
+``import fastmlr.ops`` (fastmlr/ops/_dispatch.py states the whole rule). The
+backend runs CPU tensors only if ``TRITON_INTERPRET=1`` was set by then, and
+even so is never preferred over the C++ backend
+(priority 90; it is slow, and meant for testing the kernels without a GPU).
+Ask for it with ``use_backend("triton")`` or ``FASTMLR_BACKEND=triton``.
 
 Importing this module raises if triton cannot be imported; fastmlr.ops then
 marks the backend unavailable with that reason.
@@ -26,10 +28,14 @@ _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INTERPRET_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
-def _why_not(op: str, device_type: str, tensors: tuple) -> str | None:
+def _why_not_device(device_type: str) -> str | None:
     if device_type == "cpu" and not INTERPRET:
-        return ("Triton runs CPU tensors only in its interpreter, and fastmlr.kernels was imported without "
-                "TRITON_INTERPRET=1 (set it before Python imports fastmlr)")
+        return ("Triton runs CPU tensors only in its interpreter, and fastmlr.kernels was loaded without "
+                "TRITON_INTERPRET=1 (set it before triton is first imported)")
+    return None
+
+
+def _why_not(op: str, device_type: str, tensors: tuple) -> str | None:
     allowed = _CUDA_DTYPES if device_type == "cuda" else _INTERPRET_DTYPES
     for t in tensors:
         if t.is_floating_point() and t.dtype not in allowed:
@@ -56,5 +62,6 @@ register_backend(
         },
         priority={"cuda": 10, "cpu": 90},
         why_not=_why_not,
+        why_not_device=_why_not_device,
     )
 )

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# A marginal whose max - min is at most this is "flat": no obvious object.
-FLAT_EPS = 1e-6
+from .constants import FLAT_EPS
 
 
 def car_spatial_attention_ref(u: Tensor, wc: Tensor, s: Tensor, b: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmlr.ops.reference import FLAT_EPS
+from fastmlr.ops.constants import FLAT_EPS
 
 from .utils import INTERPRET, device_context
 

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, device_context, tanh, torch_acc_dtype
+from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, tanh, torch_acc_dtype
 
 # Interpreter blocks: each program costs ~65 ms of Python overhead there, so
 # blocks are large enough for small grids, yet small enough (16) that the
@@ -195,13 +195,6 @@ _sa_bwd_du = _maybe_autotune(_car_sa_bwd_du_kernel, _SA_CONFIGS, key=["C", "P", 
 _sa_bwd_dw = _maybe_autotune(_car_sa_bwd_dw_kernel, _SA_DW_CONFIGS, key=["C", "P", "D"])
 
 
-def _check_contiguous(op: str, **ts: torch.Tensor) -> None:
-    for name, t in ts.items():
-        if not t.is_contiguous():
-            raise ValueError(f"{op}: {name} must be contiguous after the launcher's .contiguous(), "
-                             f"got strides {t.stride()} for shape {tuple(t.shape)}")
-
-
 def _sa_blocks():
     return dict(_INTERPRET_SA) if INTERPRET else {}
 
@@ -214,7 +207,7 @@ def car_spatial_attention_forward(u: torch.Tensor, wc: torch.Tensor, s: torch.Te
         raise ValueError(f"car_spatial_attention: expected u (N, P, D), wc (C, D), s (D,), b (); "
                          f"got u {tuple(u.shape)}, wc {tuple(wc.shape)}, s {tuple(s.shape)}, b {tuple(b.shape)}")
     u, wc, s, b = u.contiguous(), wc.contiguous(), s.contiguous(), b.reshape(1).contiguous()
-    _check_contiguous("car_spatial_attention", u=u, wc=wc, s=s)
+    check_contiguous("car_spatial_attention", u=u, wc=wc, s=s)
     out = torch.empty(N, C, P, dtype=u.dtype, device=u.device)
     if out.numel() == 0:
         return out
@@ -396,7 +389,7 @@ def car_pool_forward(f: torch.Tensor, sa: torch.Tensor, ca: torch.Tensor):
         raise ValueError(f"car_pool: expected f (N, D, P) with P >= 1, sa (N, C, P), ca (N, C, D); "
                          f"got f {tuple(f.shape)}, sa {tuple(sa.shape)}, ca {tuple(ca.shape)}")
     f, sa, ca = f.contiguous(), sa.contiguous(), ca.contiguous()
-    _check_contiguous("car_pool", f=f, sa=sa, ca=ca)
+    check_contiguous("car_pool", f=f, sa=sa, ca=ca)
     out = torch.empty(N, C, D, dtype=f.dtype, device=f.device)
     idx = torch.empty(N, C, D, dtype=torch.int32, device=f.device)
     if out.numel() == 0:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .utils import INTERPRET, acc_dtype, device_context, torch_acc_dtype
+from .utils import INTERPRET, acc_dtype, check_contiguous, device_context, torch_acc_dtype
 
 # Interpreter blocks: each program costs ~65 ms of Python overhead there, so
 # one config, 16 wide: the tests' odd shapes (up to ~40 per axis) span several
@@ -55,13 +55,6 @@ def _blocks(dtype: torch.dtype) -> dict:
 def _use_dot(dtype: torch.dtype) -> bool:
     # tl.dot for everything that accumulates in fp32; float64 sums elementwise.
     return dtype != torch.float64
-
-
-def _check_contiguous(op: str, **ts: torch.Tensor) -> None:
-    for name, t in ts.items():
-        if not t.is_contiguous():
-            raise ValueError(f"{op}: {name} must be contiguous after the launcher's .contiguous(), "
-                             f"got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
 @triton.jit
@@ -203,7 +196,7 @@ def second_order_pool_forward(x: torch.Tensor):
     if x.dim() != 3 or x.shape[2] < 1:
         raise ValueError(f"second_order_pool: expected x (N, D, P) with P >= 1, got {tuple(x.shape)}")
     x = x.contiguous()
-    _check_contiguous("second_order_pool", x=x)
+    check_contiguous("second_order_pool", x=x)
     N, D, P = x.shape
     blocks = _blocks(x.dtype)
     mean = _sop_means(x, blocks)
@@ -229,7 +222,7 @@ def second_order_pool_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.
     the gradient through the means -- vanishes and dx = H Xc / P.
     """
     grad, x = grad.contiguous(), x.contiguous()
-    _check_contiguous("second_order_pool", grad=grad, x=x)
+    check_contiguous("second_order_pool", grad=grad, x=x)
     N, D, P = x.shape
     dx = torch.empty_like(x)
     if dx.numel() == 0:
@@ -325,7 +318,7 @@ def multi_perspective_cosine_forward(v: torch.Tensor, w: torch.Tensor, eps: floa
         raise ValueError(f"multi_perspective_cosine: expected v (N, C, D) and w (K, D) with K >= 1; "
                          f"got v {tuple(v.shape)}, w {tuple(w.shape)}")
     v, w = v.contiguous(), w.contiguous()
-    _check_contiguous("multi_perspective_cosine", v=v, w=w)
+    check_contiguous("multi_perspective_cosine", v=v, w=w)
     N, C, D = v.shape
     K = w.shape[0]
     out = torch.empty(N, C, C, dtype=v.dtype, device=v.device)

@@ -3,8 +3,9 @@
 ``INTERPRET`` is read once, at import, because that is when ``@triton.jit``
 decides (``triton.knobs.runtime.interpret``, i.e. ``TRITON_INTERPRET``)
 whether a kernel is compiled for a GPU or run by the CPU interpreter. Set
-``TRITON_INTERPRET=1`` before the first import of fastmlr to get interpreted
-kernels; changing it later has no effect on kernels already decorated.
+``TRITON_INTERPRET=1`` before triton is first imported in the process (its own
+library functions are decorated then too); fastmlr.ops imports this package
+only on first use. Changing it later has no effect on decorated kernels.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def acc_dtype(dtype: torch.dtype):
 def torch_acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Torch twin of :func:`acc_dtype`, for buffers the kernels accumulate into."""
     return _TORCH_ACC[dtype]
+
+
+def check_contiguous(op: str, **ts: torch.Tensor) -> None:
+    """Raise if a launcher hands a kernel a strided tensor (kernels index them densely)."""
+    for name, t in ts.items():
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous after the launcher's .contiguous(), "
+                             f"got strides {t.stride()} for shape {tuple(t.shape)}")
 
 
 def device_context(t: torch.Tensor):
