@@ -335,6 +335,27 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     assert load_checkpoint(str(target))["class_names"] == ["a"]
 
 
+def test_atomic_writes_respect_the_targets_mode(tmp_path):
+    from fastmlr.files import ReadOnlyTarget, atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new_private, new_public, kept, ro = (tmp_path / n for n in ("private", "public", "kept", "ro"))
+    atomic_write_bytes(str(new_private), lambda fh: fh.write(b"x"))
+    atomic_write_bytes(str(new_public), lambda fh: fh.write(b"x"), publish=True)
+    kept.write_bytes(b"old")
+    os.chmod(kept, 0o640)
+    atomic_write_bytes(str(kept), lambda fh: fh.write(b"new"), publish=True)
+    ro.write_bytes(b"old")
+    os.chmod(ro, 0o444)
+    with pytest.raises(ReadOnlyTarget, match="ro is read-only \\(mode 0444\\)"):
+        atomic_write_bytes(str(ro), lambda fh: fh.write(b"new"))
+    mode = {p.name: p.stat().st_mode & 0o777 for p in (new_private, new_public, kept, ro)}
+    assert mode == {"private": 0o600, "public": 0o666 & ~umask, "kept": 0o640, "ro": 0o444}
+    assert kept.read_bytes() == b"new" and ro.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "private", "public", "ro"]  # no temporaries left
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from fastmlr.data import load_image
     from fastmlr.data.transforms import open_rgb

@@ -78,6 +78,20 @@ CASES = {
     "image-missing": (_predict("nope.jpg"), ValueError, ["nope.jpg", "cannot read"]),
     "image-list-with-int": (_predict([3]), TypeError, ["int", "PIL images / image paths"]),
     "no-images": (_predict([]), ValueError, ["no images"]),
+    "artefact-unknown-type": (lambda p: runtime.load(p + ".bin"), ValueError, ["tiny.onnx.bin", "unknown artefact type",
+                                                                              ".onnx"]),
+    "artefact-missing": (lambda p: runtime.load("nope.onnx"), FileNotFoundError, ["nope.onnx", "does not exist"]),
+    "sidecar-missing": (lambda p: (os.remove(contract.sidecar_path(p)), runtime.load(p)), contract.SidecarMismatch,
+                        ["tiny.onnx.json", "no sidecar", "fastmlr.export"]),
+    "sidecar-not-json": (lambda p: (open(contract.sidecar_path(p), "w").write("{"), runtime.load(p)),
+                         contract.SidecarMismatch, ["tiny.onnx.json", "cannot be read"]),
+    "artefact-replaced": (lambda p: (open(p, "ab").write(b"\0"), runtime.load(p)), contract.SidecarMismatch,
+                          ["tiny.onnx", "sha256", "re-export"]),
+    "request-other-classes": (lambda p: runtime.load(p, class_names=["a", "x", "c"]), contract.SidecarMismatch,
+                              ["class 1 is 'b' in the artefact and 'x' requested"]),
+    "request-other-size": (lambda p: runtime.load(p, image_size=448), contract.SidecarMismatch,
+                           [f"image size: artefact {S}, requested 448"]),
+    "device-unknown": (lambda p: runtime.load(p, device="tpu"), ValueError, ["device", "'tpu'"]),
 }
 
 
