@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmlr import runtime
+from fastmlr import deploy, runtime
 from fastmlr.deploy import contract
 from test_deploy_contract import S, _Meta, _numpy_reference, _tiny_onnx
 
@@ -117,7 +117,7 @@ def test_set_thresholds_rewrites_the_seal(art):
     x = torch.full((1, 3, S, S), 0.2)  # probabilities 0.646, 0.599, 0.525 (see test_deploy_contract)
     assert [n for n, _ in runtime.load(art).labels(x)[0]] == ["a", "b"]
     before = open(art, "rb").read()
-    side = contract.set_thresholds(art, [0.9, 0.5, 0.5])
+    side = deploy.set_thresholds(art, [0.9, 0.5, 0.5])  # the name the refusal message gives
     assert side["thresholds"] == [0.9, 0.5, 0.5] and contract.edited_fields(side) == []
     r = runtime.load(art)
     assert r.thresholds == [0.9, 0.5, 0.5] and [n for n, _ in r.labels(x)[0]] == ["b", "c"]
