@@ -32,6 +32,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/
 	touch $(STAMP)
 
 setup: $(STAMP) data
+	@[ -f /usr/include/jpeglib.h ] && [ -f /usr/include/png.h ] || { echo "installing libjpeg62-turbo-dev libpng-dev (export/cpp reads JPEG and PNG through them)"; \
+	    if [ "$$(id -u)" = 0 ]; then (apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null 2>&1 || \
+	        (apt-get update -q >/dev/null && apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null)); \
+	    else sudo apt-get install -y -q libjpeg62-turbo-dev libpng-dev; fi || echo "could not install them: export/cpp will not build"; }
 
 # The built-in dataset's photos: Debian's Fashion-MNIST package.
 data:
@@ -55,7 +59,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m fastmlr.bench
 
-# Issue 3's op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
+# The op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
 bench-ops: setup
 	$(BIN)/python -m pytest benchmarks -q -p no:cacheprovider \
 	    --benchmark-json=benchmarks/results/pytest-benchmark.json

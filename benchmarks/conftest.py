@@ -1,4 +1,4 @@
-"""Collects each benchmark's figures and prints issue 3's comparison table at the end of the run."""
+"""Collects each benchmark's figures and prints the ops' comparison table at the end of the run."""
 
 import json
 import os

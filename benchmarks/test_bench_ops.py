@@ -3,7 +3,7 @@
     make bench-ops          (= .venv/bin/python -m pytest benchmarks --benchmark-json=benchmarks/results/pytest-benchmark.json)
 
 Time comes from pytest-benchmark; peak memory from a child process per
-workload (benchmarks/_peak.py). Targets of issue 3 on the CPU: the fused CAR
+workload (benchmarks/_peak.py). Targets on the CPU: the fused CAR
 head at least 3x faster than the reference forward + backward with at least
 20x less peak memory; OE for 16 x 3 maps under a millisecond.
 """

@@ -526,3 +526,22 @@ def test_mosaics_on_real_fashion_mnist():
     # Real photos: bright item pixels on a black background.
     canvas = tr.render(3)
     assert canvas.max() > 150 and (canvas == 0).mean() > 0.2
+
+
+def test_open_rgb_applies_exif_orientation(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view) loads upright."""
+    import numpy as np
+    from PIL import Image
+
+    from fastmlr.data.transforms import open_rgb
+
+    stored = np.zeros((20, 30, 3), np.uint8)  # 30 wide, 20 high, as the sensor stored it
+    stored[:, :5] = 255  # a white band along the stored left edge
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "side.png", exif=exif)
+    seen = np.asarray(open_rgb(tmp_path / "side.png"))
+    # Orientation 6: the stored left edge becomes the top row once viewed.
+    assert seen.shape == (30, 20, 3)
+    assert seen[:5].min() == 255 and seen[5:].max() == 0

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -121,7 +121,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB; raises OSError/ValueError on a bad file.
 
-    16-bit grey images are scaled to 8 bits (:func:`to_8bit`) before the RGB copy.
+    The EXIF orientation is applied (a phone photo is seen upright, as the C++
+    service sees it), 16-bit grey images are scaled to 8 bits (:func:`to_8bit`)
+    before the RGB copy, and alpha is dropped without compositing.
     """
     with Image.open(path) as img:
         # load() forces the decode here, so a truncated file fails now and not inside the transform.
@@ -130,7 +132,8 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """An opened image as RGB: 16-bit grey scaled to 8 bits first (:func:`to_8bit`), not clipped."""
+    """An opened image as :func:`open_rgb` makes it: EXIF orientation applied, 16-bit grey scaled, RGB."""
+    img = ImageOps.exif_transpose(img)
     if img.mode in _WIDE_MODES:
         return to_8bit(img).convert("RGB")
     return img.convert("RGB")

@@ -59,9 +59,7 @@ def _maybe_autotune(kernel, configs, key):
     return kernel if INTERPRET else triton.autotune(configs=configs, key=key)(kernel)
 
 
-# --------------------------------------------------------------------------
-# Spatial attention, SRDL eq. 5
-# --------------------------------------------------------------------------
+# -- spatial attention, SRDL eq. 5 ----------------------------------------
 
 
 @triton.jit
@@ -292,9 +290,7 @@ def car_spatial_attention(u, wc, s, b):
     return CarSpatialAttention.apply(u, wc, s, b)
 
 
-# --------------------------------------------------------------------------
-# Attention-weighted max pooling, SRDL eq. 6 + GMP
-# --------------------------------------------------------------------------
+# -- attention-weighted max pooling, SRDL eq. 6 + GMP ---------------------
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """AAMN: Attention-Augmented Memory Network for image multi-label classification.
 
-ACM TOMM 2023 (shared/papers/aamn-*-abstract.txt). Only the abstract is
+ACM TOMM 2023. Only the abstract is
 public; docs/models/aamn.md says, module by module, what the abstract states
 and what fastmlr builds in its place, with shapes. In short, after the
 backbone's map ``F`` (Tensor[N, D, H, W]) and a 1x1 projection to ``X``

@@ -1,6 +1,6 @@
 """MMDSR: Multi-layered Multi-perspective Dynamic Semantic Representation for multi-label images.
 
-Kuang and Li, Machine Learning 113, 2024 (shared/papers/mmdsr-*-abstract.txt).
+Kuang and Li, Machine Learning 113, 2024.
 Only the abstract is public; docs/models/mmdsr.md says, module by module, what
 it states and what fastmlr builds, with shapes. In short, from the backbone's
 stride-8, -16 and -32 maps (``Backbone.forward_stages``), each projected to d

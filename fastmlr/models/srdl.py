@@ -1,7 +1,7 @@
 """SRDL: Semantic Representation and Dependency Learning for multi-label image recognition.
 
-Pu, Sun, Wu, Chen, Tian, Lin (shared/papers/srdl-*.txt). The function computed
-here is fixed by docs/srdl.md (the project's copy of shared/design/srdl.md):
+Pu, Sun, Wu, Chen, Tian, Lin. The function computed here is fixed by
+docs/srdl.md, which resolves the paper's ambiguities:
 a label graph (eq. 3) gives one contextualised embedding per category, which
 guides channel attention (eq. 4) and spatial attention (eq. 5) over the
 backbone's feature map; category features are the attention-weighted map

@@ -1,7 +1,7 @@
 """Reference implementations of fastmlr's ops in plain PyTorch.
 
 These are the definitions every other backend (C++/CUDA, Triton) is held to.
-They follow docs/srdl.md (the project's copy of shared/design/srdl.md) and are
+They follow docs/srdl.md (the function SRDL computes, as fastmlr builds it) and are
 written for clarity, not memory: ``car_spatial_attention_ref`` and
 ``car_pool_ref`` materialise ``N x C x P x D`` tensors, which is exactly what
 the fused backends exist to avoid.

@@ -1,15 +1,24 @@
 // fastmlr_classify: multi-label classification of images with an exported fastmlr model.
 //
-//   fastmlr_classify MODEL.pt2|MODEL.plan [--sidecar FILE] [--json] [--top K] INPUT...
+//   fastmlr_classify MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N] [--json] [--top K] INPUT...
+//   fastmlr_classify --serve MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N]   (or MODEL --stdin)
+//   fastmlr_classify --decode IMAGE OUT.ppm [--decode IMAGE2 OUT2.ppm ...]
 //
-// INPUT: a binary PPM/PGM image (resized and normalised as the sidecar says), or a .npy float32
-// tensor [N, 3, S, S] / [3, S, S] already normalised (what a service with its own decoder sends).
-// Prints, per image, the labels at or above the sidecar's threshold; --json prints every probability.
+// INPUT: a JPEG, PNG or binary PPM/PGM image (decoded as Pillow does, EXIF orientation applied, resized
+// and normalised as the sidecar says), or a .npy float32 tensor [N, 3, S, S] / [3, S, S] already
+// normalised. Prints, per image, the labels at or above their threshold (the sidecar's per-class
+// "thresholds", else its "threshold"); --json prints one JSON object per input with every probability.
+//
+// --serve keeps the model loaded and reads image paths from standard input, one per line; for each it
+// writes one JSON line, {"image": PATH, "labels": [{"name": ..., "score": ...}], "scores": [...]} or
+// {"image": PATH, "error": "..."} when the file cannot be read, flushed at once; it exits 0 at end of input.
+// --decode writes the RGB pixels the classifier would see (before resizing) as a binary PPM.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <numeric>
 #include <sstream>
 
 #include "fastmlr/classifier.h"
@@ -17,49 +26,134 @@
 namespace {
 
 void usage() {
-  std::cerr << "usage: fastmlr_classify MODEL.pt2|MODEL.plan [--sidecar FILE] [--json] [--top K] "
-               "IMAGE.ppm|IMAGE.pgm|TENSOR.npy ...\n";
+  std::cerr << "usage: fastmlr_classify MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N] [--json] [--top K] "
+               "IMAGE.jpg|IMAGE.png|IMAGE.ppm|TENSOR.npy ...\n"
+               "       fastmlr_classify --serve MODEL.pt2|MODEL.plan [--sidecar FILE] [--device cuda:N]  "
+               "(image paths on stdin, one JSON line each on stdout)\n"
+               "       fastmlr_classify --decode IMAGE OUT.ppm\n";
 }
 
-std::string json_escape(const std::string& s) {
-  std::string o;
+std::string json_str(const std::string& s) {
+  std::string o = "\"";
   for (char c : s) {
-    if (c == '"' || c == '\\') o += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
       char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
       o += buf;
     } else {
       o += c;
     }
   }
-  return o;
+  return o + "\"";
+}
+
+std::string json_num(float v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  return buf;
+}
+
+std::string scores_json(const std::vector<float>& p) {
+  std::string o = "[";
+  for (size_t c = 0; c < p.size(); ++c) o += (c ? ", " : "") + json_num(p[c]);
+  return o + "]";
+}
+
+int parse_device(const std::string& d) {
+  if (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos)
+    return std::stoi(d.substr(5));
+  if (d == "cuda") return 0;
+  throw std::invalid_argument("--device: expected cuda or cuda:N, got '" + d + "'");
+}
+
+int serve(fastmlr::Classifier& clf) {
+  std::cerr << "fastmlr_classify: " << clf.provider() << ", " << clf.class_names().size()
+            << " classes; reading image paths from standard input\n";
+  for (std::string line; std::getline(std::cin, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    std::string out;
+    try {
+      fastmlr::FileResult r = std::move(clf.classify_files({line}).front());
+      if (!r.ok()) {
+        out = "{\"image\": " + json_str(line) + ", \"error\": " + json_str(r.error) + "}";
+      } else {
+        out = "{\"image\": " + json_str(line) + ", \"labels\": [";
+        for (size_t k = 0; k < r.prediction.labels.size(); ++k)
+          out += (k ? ", " : "") + std::string("{\"name\": ") + json_str(r.prediction.labels[k].name) +
+                 ", \"score\": " + json_num(r.prediction.labels[k].score) + "}";
+        out += "], \"scores\": " + scores_json(r.prediction.scores) + "}";
+      }
+    } catch (const std::exception& e) {
+      out = "{\"image\": " + json_str(line) + ", \"error\": " + json_str(e.what()) + "}";
+    }
+    std::cout << out << "\n" << std::flush;
+  }
+  return 0;
+}
+
+int decode(const std::string& in, const std::string& out) {
+  const fastmlr::Image img = fastmlr::read_image(in);
+  const std::string tmp = out + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f << "P6\n" << img.width << " " << img.height << "\n255\n";
+    f.write(reinterpret_cast<const char*>(img.pixels.data()), static_cast<std::streamsize>(img.pixels.size()));
+    if (!f) throw std::runtime_error("cannot write " + out);
+  }
+  if (std::rename(tmp.c_str(), out.c_str()) != 0) throw std::runtime_error("cannot write " + out);
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model, sidecar;
-  bool json = false;
-  int top = 5;
+  std::vector<std::pair<std::string, std::string>> decodes;
+  bool json = false, serving = false;
+  int top = 5, device = 0;
   std::vector<std::string> inputs;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--sidecar" && i + 1 < argc) sidecar = argv[++i];
-    else if (a == "--json") json = true;
-    else if (a == "--top" && i + 1 < argc) top = std::stoi(argv[++i]);
-    else if (a == "-h" || a == "--help") { usage(); return 0; }
-    else if (model.empty()) model = a;
-    else inputs.push_back(a);
+  try {
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "--sidecar" && i + 1 < argc) sidecar = argv[++i];
+      else if (a == "--device" && i + 1 < argc) device = parse_device(argv[++i]);
+      else if (a == "--json") json = true;
+      else if (a == "--serve" || a == "--stdin") serving = true;
+      else if (a == "--decode" && i + 2 < argc) decodes.emplace_back(argv[i + 1], argv[i + 2]), i += 2;
+      else if (a == "--top" && i + 1 < argc) top = std::stoi(argv[++i]);
+      else if (a == "-h" || a == "--help") { usage(); return 0; }
+      else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown or incomplete option " + a);
+      else if (model.empty()) model = a;
+      else inputs.push_back(a);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    usage();
+    return 2;
   }
-  if (model.empty() || inputs.empty()) {
+  if (!decodes.empty()) {
+    try {
+      for (const auto& [in, out] : decodes) decode(in, out);
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  if (model.empty() || (inputs.empty() && !serving) || (serving && !inputs.empty())) {
     usage();
     return 2;
   }
   try {
-    const fastmlr::Sidecar side = fastmlr::read_sidecar(sidecar.empty() ? model + ".json" : sidecar);
+    fastmlr::Classifier clf(model, sidecar, device);
+    if (serving) return serve(clf);
+    const fastmlr::Sidecar& side = clf.sidecar();
     const int S = side.image_size;
-    const size_t per_image = static_cast<size_t>(3) * S * S;
     std::vector<float> batch;
     std::vector<std::string> names;
     for (const std::string& in : inputs) {
@@ -76,52 +170,31 @@ int main(int argc, char** argv) {
         batch.insert(batch.end(), t.begin(), t.end());
         for (int64_t k = 0; k < shape[0]; ++k) names.push_back(in + "[" + std::to_string(k) + "]");
       } else {
-        std::vector<float> x = fastmlr::preprocess(fastmlr::read_pnm(in), side);
+        std::vector<float> x = fastmlr::preprocess(fastmlr::read_image(in), side);
         batch.insert(batch.end(), x.begin(), x.end());
         names.push_back(in);
       }
     }
-    auto clf = fastmlr::load_classifier(model, side);
     const int n = static_cast<int>(names.size());
-    const int step = side.max_batch > 0 ? side.max_batch : n;
-    std::vector<std::vector<float>> probs;
-    for (int start = 0; start < n; start += step) {
-      const int m = std::min(step, n - start);
-      std::vector<float> chunk(batch.begin() + start * per_image, batch.begin() + (start + m) * per_image);
-      auto p = clf->predict(chunk, m);
-      probs.insert(probs.end(), p.begin(), p.end());
-    }
-    std::cout << std::setprecision(9);
+    std::vector<std::vector<float>> probs = clf.predict(batch, n);
     for (int i = 0; i < n; ++i) {
-      const auto& p = probs[i];
-      std::vector<size_t> order(p.size());
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
+      const fastmlr::Prediction pred = clf.decide(probs[i]);
       if (json) {
-        std::cout << "{\"input\": \"" << json_escape(names[i]) << "\", \"provider\": \"" << clf->provider()
-                  << "\", \"probs\": [";
-        for (size_t c = 0; c < p.size(); ++c) std::cout << (c ? ", " : "") << p[c];
-        std::cout << "], \"labels\": [";
-        bool first = true;
-        for (size_t c : order)
-          if (p[c] >= side.threshold) {
-            std::cout << (first ? "" : ", ") << "\"" << json_escape(side.class_names[c]) << "\"";
-            first = false;
-          }
+        std::cout << "{\"input\": " << json_str(names[i]) << ", \"provider\": " << json_str(clf.provider())
+                  << ", \"probs\": " << scores_json(pred.scores) << ", \"labels\": [";
+        for (size_t k = 0; k < pred.labels.size(); ++k) std::cout << (k ? ", " : "") << json_str(pred.labels[k].name);
         std::cout << "]}\n";
       } else {
         std::cout << names[i] << ":";
-        bool any = false;
-        for (size_t c : order)
-          if (p[c] >= side.threshold) {
-            std::cout << " " << side.class_names[c] << " (" << std::setprecision(3) << p[c] << ")";
-            any = true;
-          }
-        if (!any) std::cout << " (none above threshold " << side.threshold << ")";
+        for (const auto& l : pred.labels) std::cout << " " << l.name << " (" << std::setprecision(3) << l.score << ")";
+        if (pred.labels.empty()) std::cout << " (no class at or above its threshold)";
+        std::vector<size_t> order(pred.scores.size());
+        for (size_t c = 0; c < order.size(); ++c) order[c] = c;
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return pred.scores[a] > pred.scores[b]; });
         std::cout << "\n    top:";
         for (int k = 0; k < top && k < static_cast<int>(order.size()); ++k)
-          std::cout << " " << side.class_names[order[k]] << " " << std::setprecision(3) << p[order[k]];
-        std::cout << std::setprecision(9) << "\n";
+          std::cout << " " << side.class_names[order[k]] << " " << std::setprecision(3) << pred.scores[order[k]];
+        std::cout << "\n";
       }
     }
   } catch (const std::exception& e) {

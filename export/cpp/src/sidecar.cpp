@@ -192,6 +192,17 @@ Sidecar read_sidecar(const std::string& path) {
     s.std[c] = static_cast<float>(stdv.items[c].num);
   }
   s.threshold = static_cast<float>(field(root, "threshold", Json::Number, path).num);
+  auto th = root.fields.find("thresholds");
+  if (th != root.fields.end() && th->second.kind != Json::Null) {
+    if (th->second.kind != Json::Array || th->second.items.size() != s.class_names.size())
+      throw std::runtime_error(path + ": \"thresholds\" must be a list of " + std::to_string(s.class_names.size()) +
+                               " numbers (one per class)");
+    for (const Json& t : th->second.items) {
+      if (t.kind != Json::Number || !(t.num >= 0.0 && t.num <= 1.0))
+        throw std::runtime_error(path + ": \"thresholds\" must hold numbers in [0, 1]");
+      s.thresholds.push_back(static_cast<float>(t.num));
+    }
+  }
   s.format = field(field(root, "artifact", Json::Object, path), "format", Json::String, path).str;
   auto p = root.fields.find("precision");
   if (p != root.fields.end() && p->second.kind == Json::String) s.precision = p->second.str;

@@ -1,0 +1,317 @@
+"""export/cpp as a service: JPEG/PNG decoding, per-class thresholds, --serve, the installed CMake package.
+
+References are independent of the C++ code: fastmlr's Python reader (Pillow's decoder, EXIF orientation)
+(pixels), ``fastmlr.runtime`` on the same files (probabilities), and the thresholds applied here in
+Python to the probabilities (labels). The artefact comes from the public export CLI.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastmlr import runtime
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPP = os.path.join(ROOT, "export", "cpp")
+SIZE = 64
+# One build folder reused across sessions (git-ignored): a rebuild only recompiles what changed.
+BUILD = os.environ.get("FASTMLR_CPP_TEST_BUILD", os.path.join(ROOT, "build", "cpp-service-test"))
+
+
+def _missing_tools() -> str | None:
+    for tool in ("cmake", "g++"):
+        if shutil.which(tool) is None:
+            return f"{tool} is needed to build export/cpp"
+    for header, package in (("jpeglib.h", "libjpeg62-turbo-dev"), ("png.h", "libpng-dev")):
+        probe = subprocess.run(["g++", "-E", "-x", "c++", "-"], input=f"#include <cstdio>\n#include <{header}>\n",
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            return f"{header} not found: install {package} (make setup does)"
+    return None
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def build():
+    why = _missing_tools()
+    if why:
+        pytest.skip(why)
+    cfg = subprocess.run(["cmake", "-S", CPP, "-B", BUILD, f"-DPython3_EXECUTABLE={sys.executable}"],
+                         capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
+    b = subprocess.run(["cmake", "--build", BUILD, "-j2"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    return os.path.join(BUILD, "fastmlr_classify")
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory):
+    """A random SRDL (resnet18, 64 px, 3 classes) through the export CLI, AOTInductor package."""
+    path = str(tmp_path_factory.mktemp("artefact") / "m.pt2")
+    r = subprocess.run([sys.executable, "-m", "fastmlr.export", "--model", "srdl", "--num-classes", "3",
+                        "--backbone", "resnet18", "--image-size", str(SIZE), "--min-batch", "1", "--opt-batch", "2",
+                        "--max-batch", "4", "--aoti", path, "--no-verify"], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return path
+
+
+# -- test images, written by Pillow (and 16-bit PNGs by hand: Pillow cannot write 16-bit colour) ----------
+def _png16(arr: np.ndarray, color_type: int) -> bytes:
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _picture(h, w, seed):
+    """A smooth, asymmetric colour picture with noise: every flip or rotation of it differs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 255.0 / w, y * 255.0 / h, (x + 2 * y) * 100.0 / (w + 2 * h) + 80], -1)
+    return np.clip(a + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    pic = Image.fromarray(_picture(61, 83, 0))  # downscaled to 64 x 64 horizontally, upscaled vertically
+    files = {}
+
+    def save(name, img, **kw):
+        img.save(d / name, **kw)
+        files[name] = str(d / name)
+
+    save("rgb.jpg", pic, quality=90)
+    save("rgb444.jpg", pic, quality=95, subsampling=0)
+    save("progressive.jpg", pic, quality=80, progressive=True)
+    save("grey.jpg", Image.fromarray(_picture(50, 70, 1)[..., 0]))
+    save("cmyk.jpg", pic.convert("CMYK"))
+    for o in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        save(f"exif{o}.jpg", pic, exif=exif.tobytes())
+        save(f"exif{o}.png", pic, exif=exif.tobytes())
+    alpha = rng.integers(0, 256, (40, 50, 1), dtype=np.uint8)
+    save("rgba.png", Image.fromarray(np.concatenate([_picture(40, 50, 2), alpha], -1), "RGBA"))
+    save("palette.png", pic.convert("P", palette=Image.Palette.ADAPTIVE, colors=37))
+    save("palette4_trns.png", pic.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), bits=4, transparency=3)
+    save("grey.png", Image.fromarray(_picture(30, 44, 3)[..., 0]))
+    save("grey_alpha.png", Image.fromarray(_picture(30, 44, 3)[..., 0]).convert("LA"))
+    save("bilevel.png", Image.fromarray(_picture(30, 44, 3)[..., 0] > 128))
+    v16 = rng.integers(0, 65536, (33, 47, 3)).astype(np.uint16)
+    for name, arr, ct in (("rgb16.png", v16, 2), ("rgba16.png", np.concatenate([v16, v16[..., :1]], -1), 6),
+                          ("grey16.png", rng.integers(0, 65536, (33, 47)).astype(np.uint16), 0)):
+        (d / name).write_bytes(_png16(arr, ct))
+        files[name] = str(d / name)
+    big = Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    save("big.jpg", big, quality=75)
+    (d / "not_an_image.jpg").write_bytes(b"hello, not a JPEG\n")
+    buf = io.BytesIO()
+    pic.save(buf, "PNG")
+    (d / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return d, files
+
+
+def _pillow_rgb(path):
+    """What fastmlr's Python side sees: Pillow's decode, EXIF orientation, 16-bit grey scaled, alpha dropped."""
+    from fastmlr.data.transforms import open_rgb
+
+    return open_rgb(path)
+
+
+def _classify_json(exe, artefact, paths, *extra):
+    r = subprocess.run([exe, artefact, "--json", *extra, *paths], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+def test_decoded_pixels_match_pillow(build, images, tmp_path):
+    d, files = images
+    worst = {}
+    cmd = [build]
+    for name, path in files.items():
+        cmd += ["--decode", path, str(tmp_path / (name + ".ppm"))]
+    r = subprocess.run(cmd, capture_output=True, text=True)  # one process: libtorch loads once
+    assert r.returncode == 0, r.stderr
+    for name, path in files.items():
+        cpp = np.asarray(Image.open(tmp_path / (name + ".ppm")), dtype=np.int16)
+        ref = np.asarray(_pillow_rgb(path), dtype=np.int16)
+        assert cpp.shape == ref.shape, (name, cpp.shape, ref.shape)
+        worst[name] = int(np.abs(cpp - ref).max())
+    # PNG decoding is exact by definition; for JPEG both sides run libjpeg-turbo's integer IDCT and
+    # fancy upsampling, which agree bit for bit across its versions (measured: 0 on every file here).
+    assert all(v == 0 for k, v in worst.items() if k.endswith(".png")), worst
+    assert all(v <= 1 for k, v in worst.items() if k.endswith(".jpg")), worst
+    # The orientations really differ from each other (the test would not see a wrong transpose otherwise).
+    assert len({_pillow_rgb(files[f"exif{o}.png"]).tobytes() for o in range(1, 9)}) == 8
+
+
+def test_unreadable_files_are_named(build, images, tmp_path):
+    d, _ = images
+    for name, words in (("not_an_image.jpg", "not a JPEG, PNG"), ("truncated.png", "truncated"),
+                        ("missing.png", "cannot open image")):
+        r = subprocess.run([build, "--decode", str(d / name), str(tmp_path / "x.ppm")], capture_output=True, text=True)
+        assert r.returncode == 1 and name in r.stderr and words in r.stderr, r.stderr
+        assert not (tmp_path / "x.ppm").exists()
+
+
+# -- probabilities and labels ----------------------------------------------------------------------------
+PARITY = ["rgb.jpg", "exif6.jpg", "exif3.jpg", "exif7.png", "grey.jpg", "cmyk.jpg", "rgba.png", "rgb16.png", "palette.png",
+          "grey.png", "grey16.png", "exif8.png", "big.jpg"]
+
+
+def test_probabilities_match_python_runtime(build, artefact, images):
+    _, files = images
+    paths = [files[n] for n in PARITY]
+    rows = _classify_json(build, artefact, paths)
+    cpp = torch.tensor([r["probs"] for r in rows])
+    assert cpp.shape == (len(PARITY), 3)
+    # Python reads files with Image.open(...).convert("RGB"), which does not apply EXIF orientation;
+    # the C++ reader does, so those files go to Python already transposed by Pillow.
+    inputs = [_pillow_rgb(p) if "exif" in n else p for n, p in zip(PARITY, paths)]
+    py = runtime.load(artefact).predict(inputs)
+    diff = (cpp - py).abs().amax(dim=1)
+    # Identical decoded pixels and, at these sizes (grown or shrunk on one axis, grown on one and shrunk
+    # on the other, 320x240 shrunk on both), the resize Pillow computes: float rounding only.
+    assert diff.max() <= 1e-4, dict(zip(PARITY, diff.tolist()))
+    # The check can see a decoding error: the images' probabilities differ by far more than the tolerance.
+    assert (py.amax(dim=0) - py.amin(dim=0)).max() > 100 * 1e-4
+    # The rotated files are not classified as their unrotated pixels would be.
+    unrotated = runtime.load(artefact).predict([files["exif6.jpg"]])  # Python reads the stored pixels
+    assert (unrotated[0] - py[1]).abs().max() > 1e-3
+    for r, p in zip(rows, py):
+        assert r["labels"] == [f"class_{c}" for c in p.argsort(descending=True).tolist() if p[c] >= 0.5]
+
+
+def _edited_sidecar(artefact, tmp_path, **changes):
+    side = json.loads(open(artefact + ".json").read())
+    side.update(changes)
+    side = {k: v for k, v in side.items() if v is not None}
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(side))
+    return str(path)
+
+
+def test_per_class_thresholds_from_the_sidecar(build, artefact, images, tmp_path):
+    _, files = images
+    paths = [files[n] for n in ("rgb.jpg", "grey.jpg", "rgba.png", "grey16.png", "big.jpg")]
+    base = _classify_json(build, artefact, paths)
+    p = torch.tensor([r["probs"] for r in base])
+    # Thresholds between the images' scores, per class: each class is a label for some images only.
+    th = ((p.amax(dim=0) + p.amin(dim=0)) / 2).tolist()
+    per_class = _classify_json(build, artefact, paths, "--sidecar", _edited_sidecar(artefact, tmp_path, thresholds=th))
+    single = 0.5 * (p.max() + p.min()).item()
+    one = _classify_json(build, artefact, paths, "--sidecar",
+                         _edited_sidecar(artefact, tmp_path, threshold=single, thresholds=None))
+    for k in range(len(paths)):
+        order = p[k].argsort(descending=True).tolist()
+        assert per_class[k]["labels"] == [f"class_{c}" for c in order if p[k, c] >= th[c]]
+        assert one[k]["labels"] == [f"class_{c}" for c in order if p[k, c] >= single]
+        assert per_class[k]["probs"] == base[k]["probs"]
+    assert [r["labels"] for r in per_class] != [r["labels"] for r in base]
+    assert [r["labels"] for r in per_class] != [r["labels"] for r in one]
+
+    bad = _edited_sidecar(artefact, tmp_path, thresholds=[0.5, 0.5])
+    r = subprocess.run([build, artefact, "--sidecar", bad, paths[0]], capture_output=True, text=True)
+    assert r.returncode == 1 and "edited.json" in r.stderr and "thresholds" in r.stderr and "3 numbers" in r.stderr
+
+
+# -- the long-running mode -----------------------------------------------------------------------------
+def _readline(proc, timeout=120):
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no line from --serve within the timeout (output not flushed?)"
+    return proc.stdout.readline()
+
+
+def test_serve_answers_each_line_and_survives_bad_files(build, artefact, images):
+    d, files = images
+    th = [0.2, 0.9, 0.5]
+    side = json.loads(open(artefact + ".json").read())
+    side["thresholds"] = th
+    sidecar = d / "serve.json"
+    sidecar.write_text(json.dumps(side))
+    proc = subprocess.Popen([build, "--serve", artefact, "--sidecar", str(sidecar)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        # One line in, one line out, before the next line is sent: the answer is flushed at once.
+        proc.stdin.write(files["rgb.jpg"] + "\n")
+        proc.stdin.flush()
+        first = json.loads(_readline(proc))
+        lines = [files["exif6.jpg"], str(d / "missing.jpg"), "", files["rgba16.png"], str(d / "not_an_image.jpg"),
+                 str(d / "truncated.png"), str(d), files["palette.png"]]
+        out, err = proc.communicate("\n".join(lines) + "\n", timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    rows = [first] + [json.loads(line) for line in out.splitlines()]
+    asked = [files["rgb.jpg"]] + [x for x in lines if x]
+    assert [r["image"] for r in rows] == asked
+    errors = {r["image"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {str(d / "missing.jpg"), str(d / "not_an_image.jpg"), str(d / "truncated.png"), str(d)}
+    assert "cannot open image" in errors[str(d / "missing.jpg")]
+    assert "truncated" in errors[str(d / "truncated.png")]
+    assert "not a regular file" in errors[str(d)]
+    good = [r for r in rows if "error" not in r]
+    batch = _classify_json(build, artefact, [r["image"] for r in good])
+    for r, b in zip(good, batch):
+        assert np.allclose(r["scores"], b["probs"], atol=1e-5)
+        order = np.argsort(-np.asarray(r["scores"]), kind="stable")
+        assert [lab["name"] for lab in r["labels"]] == [f"class_{c}" for c in order if r["scores"][c] >= th[c]]
+        assert all(abs(lab["score"] - r["scores"][int(lab["name"][-1])]) < 1e-7 for lab in r["labels"])
+
+
+# -- embedding: the installed CMake package ----------------------------------------------------------------
+def test_installed_package_with_find_package(build, artefact, images, tmp_path):
+    _, files = images
+    prefix = tmp_path / "prefix"
+    inst = subprocess.run(["cmake", "--install", BUILD, "--prefix", str(prefix)], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    assert (prefix / "include" / "fastmlr" / "classifier.h").is_file()
+    cfg_dirs = list(prefix.glob("lib*/cmake/fastmlr_service/fastmlr_serviceConfig.cmake"))
+    assert len(cfg_dirs) == 1
+    consumer = tmp_path / "consumer-build"
+    cfg = subprocess.run(["cmake", "-S", os.path.join(CPP, "examples", "consumer"), "-B", str(consumer),
+                          f"-DCMAKE_PREFIX_PATH={prefix}"], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
+    b = subprocess.run(["cmake", "--build", str(consumer), "-j2"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    paths = [files["rgb.jpg"], str(tmp_path / "missing.png"), files["rgba.png"]]
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}  # the run path must suffice
+    run = subprocess.run([str(consumer / "consumer"), artefact, *paths], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == paths
+    assert lines[1].split("\t")[1].startswith("error: cannot open image")
+    ref = _classify_json(build, artefact, [paths[0], paths[2]])
+    for line, r in zip([lines[0], lines[2]], ref):
+        _, labels, scores = line.split("\t")
+        assert np.allclose([float(s) for s in scores.split()], r["probs"], atol=1e-5)
+        assert [x.split("=")[0] for x in labels.split(",") if x] == r["labels"]
