@@ -42,6 +42,27 @@ namespace fastmlr {
 // (reference.FLAT_EPS).
 constexpr double kFlatEps = 1e-6;
 
+// NaN and finiteness tests on the op math type (float or double; half and
+// bfloat16 are widened first), for the NaN rules of car_pool (NaN propagates)
+// and oe_boxes (a map with a non-finite value erases nothing).
+template <typename Op>
+FMLR_HD bool is_nan(Op v) {
+#if defined(__CUDA_ARCH__)
+  return isnan(v);
+#else
+  return std::isnan(v);
+#endif
+}
+
+template <typename Op>
+FMLR_HD bool is_finite(Op v) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
 // tanh in float, written so that a host loop over it vectorises (std::tanh
 // does not): tanh(x) = 1 - 2 / (e^{2x} + 1), with e^y = 2^n e^r, |r| <= ln2/2,
 // and e^r by its Taylor series to r^6 (truncation < 2e-7 relative). The

@@ -14,18 +14,16 @@ to construct) is refused without running it.
 
 from __future__ import annotations
 
-import glob
 import os
 import pickle
 import random
 import re
-import time
 
 import numpy as np
 import torch
 from torch.torch_version import TorchVersion
 
-from .files import atomic_write_bytes, atomic_write_json  # noqa: F401  (checkpoints are written with them)
+from .files import atomic_write_bytes, atomic_write_json, remove_stale_temps  # noqa: F401  (re-exported)
 
 FORMAT = "fastmlr-checkpoint-v1"
 
@@ -33,30 +31,9 @@ FORMAT = "fastmlr-checkpoint-v1"
 # which checkpoints written before versions were stored as plain strings carry.
 SAFE_GLOBALS = [TorchVersion]
 
-# Temporary files older than this process cannot be a write of ours in progress.
-_PROCESS_START = time.time()
-
 
 class CheckpointMismatch(ValueError):
     """The checkpoint does not fit what it is being used for."""
-
-
-def remove_stale_temps(path: str) -> list[str]:
-    """Delete hidden temporaries ``.<name>.*.tmp`` beside ``path`` left by killed atomic writes.
-
-    Only files last modified before this process started are removed (a write in progress
-    is never touched). Returns the removed paths.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    removed = []
-    for tmp in glob.glob(os.path.join(glob.escape(folder), "." + glob.escape(name) + ".*.tmp")):
-        try:
-            if os.path.getmtime(tmp) < _PROCESS_START:
-                os.unlink(tmp)
-                removed.append(tmp)
-        except OSError:  # removed meanwhile, or not ours to remove: leave it
-            pass
-    return removed
 
 
 def save_checkpoint(path: str, payload: dict) -> None:

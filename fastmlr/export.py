@@ -26,14 +26,15 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointMismatch
 from .deploy.aoti import export_aoti, verify_aoti
-from .deploy.contract import make_sidecar
+from .deploy.contract import make_sidecar, sidecar_path
 from .deploy.graph import check_batch_range
 from .deploy.fp16 import format_report as fp16_lines
 from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
 from .deploy.probe import TRTUnavailable
-from .deploy.triton_repo import write_triton_repo
+from .deploy.triton_repo import repo_files, write_triton_repo
 from .deploy.trt import build_trt_engine, trtexec_command
 from .deploy.verify import FP16_MAP_POINTS, real_images
+from .files import check_targets, remove_stale_temps
 
 
 # -- the command --------------------------------------------------------------------------------------
@@ -137,6 +138,29 @@ def _stem(path: str) -> str:
     return path
 
 
+def planned_files(args, side: dict, onnx32: str | None, onnx16: str | None) -> list[tuple[str, str]]:
+    """(path, flag) of every file the command may write, sidecars included."""
+    files = []
+
+    def artefact(path, flag):
+        files.extend([(path, flag), (sidecar_path(path), flag + " sidecar")])
+
+    if onnx32:
+        artefact(onnx32, "--onnx")
+    if onnx16:
+        artefact(onnx16, "--fp16")
+    if args.aoti:
+        artefact(args.aoti, "--aoti")
+    if args.trt:
+        artefact(args.trt, "--trt")
+        cache = args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
+        files.append((cache, "--timing-cache"))
+    if args.triton_repo:
+        name = args.triton_name or f"fastmlr_{side['model']}"
+        files.extend((p, "--triton-repo") for p in repo_files(args.triton_repo, name, engine=bool(args.trt)))
+    return files
+
+
 def run(args) -> int:
     if not (args.onnx or args.trt or args.aoti or args.triton_repo):
         raise ValueError("nothing to export: give --onnx, --trt, --aoti and/or --triton-repo")
@@ -158,6 +182,12 @@ def run(args) -> int:
     onnx32 = args.onnx or stem + ".onnx"
     onnx16 = stem + ".fp16.onnx"
     kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side)
+    targets = planned_files(args, side, onnx32 if need_fp32 or args.validate_mosaics else None,
+                            onnx16 if need_fp16 else None)
+    check_targets(targets)  # every refusal before the first file is written, so nothing is half done
+    for path, _ in targets:
+        for tmp in remove_stale_temps(path):
+            print(f"removed {tmp}, left by an export that was killed", flush=True)
 
     def step(label, fn, *a, **k):
         t0 = time.perf_counter()

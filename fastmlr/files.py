@@ -3,37 +3,147 @@
 Checkpoints, exported artefacts, their sidecars, caches and reports are all
 written through :func:`atomic_write_bytes` (a temporary file beside the target,
 fsynced, then renamed over it), so a killed process leaves the old file or the
-new one, never a mix.
+new one, never a mix. The temporaries are hidden files ``.<name>.<random>.tmp``
+(or ``.tmp<ext>`` when a tool needs an extension); :func:`remove_stale_temps`
+deletes those a killed process left behind.
+
+A target that exists keeps its permission bits; a read-only one (no write bit
+for its owner, or not writable by this user) is refused with
+:class:`ReadOnlyTarget` before anything is written: the writer does not get to
+decide that a file protected by its owner may be replaced.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from typing import Any
+import time
+from typing import Any, Iterable
+
+# Temporary files older than this process cannot be a write of ours in progress.
+_PROCESS_START = time.time()
 
 
-def atomic_write_bytes(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
+class ReadOnlyTarget(PermissionError, ValueError):
+    """The file to be (re)written is read-only, or its folder cannot take a new file."""
+
+
+def _published_bits() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def check_replaceable(path: str, what: str = "") -> None:
+    """Raise :class:`ReadOnlyTarget` unless ``path`` may be written or replaced by an atomic write.
+
+    Refused: an existing read-only file (mode without the owner's write bit, or
+    not writable by this user), a folder in its place, and a folder (or the first
+    existing ancestor of a missing one) where no file can be created.
+    ``what`` names the path in the message (a flag, for example).
+    """
+    label = f"{what} {path}" if what else str(path)
+    if os.path.isdir(path):
+        raise ReadOnlyTarget(f"{label} is a folder; expected a file path")
+    if os.path.lexists(path):
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+            raise ReadOnlyTarget(
+                f"{label} is read-only (mode {stat.S_IMODE(mode):04o}), so it is not replaced: "
+                f"make it writable (chmod u+w), remove it, or write elsewhere"
+            )
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ReadOnlyTarget(f"{label} cannot be created: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ReadOnlyTarget(f"{label} cannot be written: folder {folder} is not writable")
+
+
+def check_targets(paths: Iterable[tuple[str, str]]) -> None:
+    """:func:`check_replaceable` on every ``(path, what)`` pair at once; one message lists every refused path."""
+    problems = []
+    for path, what in paths:
+        try:
+            check_replaceable(path, what)
+        except ReadOnlyTarget as e:
+            problems.append(str(e))
+    if problems:
+        raise ReadOnlyTarget("; ".join(problems))
+
+
+def replace_file(tmp: str, path: str, *, publish: bool = False) -> None:
+    """Rename the finished temporary ``tmp`` over ``path``, respecting the target's mode.
+
+    An existing target keeps its permission bits (a read-only one is refused,
+    :func:`check_replaceable`); a new file gets the umask's usual mode when
+    ``publish`` (files read by other users: artefacts), else stays private (0600).
+    """
+    check_replaceable(path)
+    if os.path.exists(path):
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    else:
+        os.chmod(tmp, _published_bits() if publish else 0o600)
+    os.replace(tmp, path)
+
+
+def temp_path_for(path: str, suffix: str = ".tmp") -> str:
+    """A new hidden temporary beside ``path`` (``.<name>.<random><suffix>``), created empty; the caller removes it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=suffix)
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_bytes(path: str, write, *, publish: bool = False) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Refuses a read-only target before calling ``write`` (:class:`ReadOnlyTarget`);
+    modes as in :func:`replace_file`.
+    """
+    check_replaceable(path)
+    tmp = temp_path_for(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path, publish=publish)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+def atomic_write_json(path: str, obj: Any, *, publish: bool = False) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(path, lambda fh: fh.write(data), publish=publish)
+
+
+def remove_stale_temps(path: str) -> list[str]:
+    """Delete hidden temporaries ``.<name>.*.tmp`` (and ``.<name>.*.tmp.<ext>``) beside ``path`` left by killed writes.
+
+    Only files last modified before this process started are removed (a write in
+    progress, here or in another process started since, is never touched).
+    Returns the removed paths.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    stem = os.path.join(glob.escape(folder), "." + glob.escape(name) + ".")
+    removed = []
+    for tmp in sorted(set(glob.glob(stem + "*.tmp") + glob.glob(stem + "*.tmp.*"))):
+        try:
+            if os.path.isfile(tmp) and os.path.getmtime(tmp) < _PROCESS_START:
+                os.unlink(tmp)
+                removed.append(tmp)
+        except OSError:  # removed meanwhile, or not ours to remove: leave it
+            pass
+    return removed
 
 
 def file_sha256(path: str) -> str:
@@ -48,7 +158,7 @@ def publish_mode(path: str) -> None:
     """Give a file written by ``atomic_write_bytes`` (mode 0600, from mkstemp) the umask's usual mode.
 
     Artefacts are read by other users (a Triton server, a service account).
+    Prefer ``atomic_write_bytes(..., publish=True)``, which leaves a replaced
+    file's own mode alone.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, _published_bits())

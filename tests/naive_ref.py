@@ -30,14 +30,15 @@ def spatial_attention(u, wc, s, b):
 
 
 def car_pool(f, sa, ca):
-    """feat[n,c,k] = max_p 0.5 f[n,k,p] (sa[n,c,p] + ca[n,c,k]), by loops in float64."""
+    """feat[n,c,k] = max_p 0.5 f[n,k,p] (sa[n,c,p] + ca[n,c,k]), by loops in float64; NaN if any term is NaN."""
     f, sa, ca = f.double().tolist(), sa.double().tolist(), ca.double().tolist()
     N, D, P, C = len(f), len(f[0]), len(f[0][0]), len(sa[0])
     out = torch.empty(N, C, D, dtype=torch.float64)
     for n in range(N):
         for c in range(C):
             for k in range(D):
-                out[n, c, k] = max(0.5 * f[n][k][p] * (sa[n][c][p] + ca[n][c][k]) for p in range(P))
+                terms = [0.5 * f[n][k][p] * (sa[n][c][p] + ca[n][c][k]) for p in range(P)]
+                out[n, c, k] = math.nan if any(math.isnan(t) for t in terms) else max(terms)
     return out
 
 
@@ -75,10 +76,15 @@ def _runs(values, alpha, t=float):
 
 
 def oe_box(m, alpha=0.5):
-    """One map (Tensor[H, W]) -> [x0, x1, y0, y1] (x along W) or [-1] * 4, in the map's dtype's arithmetic."""
+    """One map (Tensor[H, W]) -> [x0, x1, y0, y1] (x along W) or [-1] * 4, in the map's dtype's arithmetic.
+
+    A map holding a NaN or an infinity anywhere gives [-1] * 4 (nothing erased).
+    """
     t = _NUMPY_SCALAR[m.dtype]
     rows = m.double().tolist()
     H, W = len(rows), len(rows[0])
+    if not all(math.isfinite(v) for row in rows for v in row):
+        return [-1, -1, -1, -1]
     mx = [max(rows[y][x] for y in range(H)) for x in range(W)]
     my = [max(rows[y][x] for x in range(W)) for y in range(H)]
     rx, ry = _runs(mx, alpha, t), _runs(my, alpha, t)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from fakes import fmnist_root
-from fastmlr import evaluate, predict, train
+from fastmlr import evaluate, export, predict, train
 from fastmlr.checkpoint import load_checkpoint, save_checkpoint
 
 warnings.filterwarnings("ignore", message=".*random")
@@ -120,6 +120,19 @@ def pr(env, ckpt, *extra):
     return ["--checkpoint", ckpt, "--device", "cpu", env.root / "a.png", *extra]
 
 
+def exp(env, *extra):
+    return ["--checkpoint", env.ckpt, "--no-verify", *extra]
+
+
+def read_only(folder, name, data=b"old"):
+    """A file the user protected (mode 0444) that a refused command must leave as it was."""
+    os.makedirs(folder, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    os.chmod(path, 0o444)
+    return path
+
+
 def lst(env, train_file, val_file="good.jsonl"):
     return ["--data", "list", "--data-root", env.root / train_file, "--val-data-root", env.root / val_file,
             "--classes-file", env.root / "classes.txt"]
@@ -202,6 +215,19 @@ CASES = {
     "evaluate-batch-size-0": (evaluate, lambda e, t: ev(e, "--batch-size", 0), ["--batch-size 0"]),
     "evaluate-other-classes": (evaluate, lambda e, t: ev(e, "--data", "list", "--data-root", e.root / "good.jsonl",
                                                          "--classes-file", e.root / "classes.txt"), ["other classes"]),
+    # export: every target is checked before the first file is written
+    "export-read-only-onnx": (export, lambda e, t: exp(e, "--onnx", read_only(t, "ro.onnx")),
+                              ["--onnx", "ro.onnx", "read-only", "mode 0444", "chmod u+w"]),
+    "export-read-only-sidecar": (export, lambda e, t: (read_only(t, "m.pt2.json"), exp(e, "--onnx", t / "new.onnx",
+                                                                                        "--aoti", t / "m.pt2"))[1],
+                                 ["--aoti sidecar", "m.pt2.json", "read-only"]),
+    "export-read-only-fp16": (export, lambda e, t: (read_only(t, "m.fp16.onnx"), exp(e, "--onnx", t / "m.onnx",
+                                                                                     "--fp16"))[1],
+                              ["--fp16", "m.fp16.onnx", "read-only"]),
+    "export-onnx-is-folder": (export, lambda e, t: exp(e, "--onnx", t), ["--onnx", "is a folder"]),
+    "export-under-file": (export, lambda e, t: exp(e, "--onnx", e.root / "a_file" / "m.onnx"),
+                          ["--onnx", "a_file", "is a file"]),
+    "export-nothing": (export, lambda e, t: exp(e), ["nothing to export"]),
 }
 
 
@@ -219,6 +245,9 @@ def test_user_error_is_one_clean_line(case, env, tmp_path, capsys):
     assert not os.path.exists(env.marker), "the checkpoint's payload ran"
     if cmd is train and os.path.isdir(tmp_path / "o"):
         assert not os.listdir(tmp_path / "o"), "a refused run wrote files"
+    if cmd is export:  # refused before any work: the protected files are intact, nothing else was written
+        for p in tmp_path.iterdir():
+            assert p.read_bytes() == b"old" and (p.stat().st_mode & 0o777) == 0o444, p
 
 
 def test_debug_shows_the_traceback(env, tmp_path):
@@ -306,6 +335,27 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     assert load_checkpoint(str(target))["class_names"] == ["a"]
 
 
+def test_atomic_writes_respect_the_targets_mode(tmp_path):
+    from fastmlr.files import ReadOnlyTarget, atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new_private, new_public, kept, ro = (tmp_path / n for n in ("private", "public", "kept", "ro"))
+    atomic_write_bytes(str(new_private), lambda fh: fh.write(b"x"))
+    atomic_write_bytes(str(new_public), lambda fh: fh.write(b"x"), publish=True)
+    kept.write_bytes(b"old")
+    os.chmod(kept, 0o640)
+    atomic_write_bytes(str(kept), lambda fh: fh.write(b"new"), publish=True)
+    ro.write_bytes(b"old")
+    os.chmod(ro, 0o444)
+    with pytest.raises(ReadOnlyTarget, match="ro is read-only \\(mode 0444\\)"):
+        atomic_write_bytes(str(ro), lambda fh: fh.write(b"new"))
+    mode = {p.name: p.stat().st_mode & 0o777 for p in (new_private, new_public, kept, ro)}
+    assert mode == {"private": 0o600, "public": 0o666 & ~umask, "kept": 0o640, "ro": 0o444}
+    assert kept.read_bytes() == b"new" and ro.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "private", "public", "ro"]  # no temporaries left
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     from fastmlr.data import load_image
     from fastmlr.data.transforms import open_rgb
@@ -336,3 +386,21 @@ def test_backend_flag_is_the_ops_context_of_the_whole_command(env, tmp_path, mon
     assert run_main(predict, pr(env, env.ckpt, "--backend", "reference")) == 0
     assert seen and set(seen) == {"reference"}, seen
     assert ops.current_backend() is None  # the block ended with the command
+
+
+def test_export_keeps_a_replaced_files_mode_and_removes_stale_temporaries(env, tmp_path, capsys):
+    from fastmlr.deploy import contract
+
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old graph")
+    os.chmod(target, 0o640)
+    stale, other = tmp_path / ".m.onnx.k1ll3d.tmp", tmp_path / ".notes.txt.k1ll3d.tmp"
+    for p in (stale, other):
+        p.write_bytes(b"partial")
+        os.utime(p, (time.time() - 600, time.time() - 600))  # an export of an earlier process that was killed
+    assert run_main(export, exp(env, "--onnx", target)) == 0
+    out = capsys.readouterr().out
+    assert f"removed {stale}" in out and not stale.exists() and other.exists()
+    assert (target.stat().st_mode & 0o777) == 0o640 and target.read_bytes() != b"old graph"
+    side = contract.read_sidecar(str(target))
+    assert side["artifact"]["sha256"] == contract.file_sha256(str(target)) and contract.edited_fields(side) == []

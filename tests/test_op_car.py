@@ -101,3 +101,31 @@ def test_dispatch_lists_every_backend_when_refusing(monkeypatch):
     monkeypatch.setenv("FASTMLR_BACKEND", "reference")
     torch.testing.assert_close(ops.car_spatial_attention(u, wc, s, b), reference.car_spatial_attention_ref(u, wc, s, b))
     assert "reference" in ops.available_backends("cpu")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _nan_pool_inputs(dtype):
+    """f, sa, ca with NaN at chosen places (first, middle, last position, every position, in sa) and infinities."""
+    f, sa, ca = pool_inputs(2, 3, 37, 5, seed=7)  # P = 37: more than one Triton block of positions
+    f[0, 0, 0] = NAN  # first position: every c of (n=0, k=0)
+    f[0, 1, 18] = NAN  # middle
+    f[1, 2, 36] = NAN  # last
+    f[1, 3, :] = NAN  # every position
+    sa[1, 1, 5] = NAN  # in the spatial attention: every k of (n=1, c=1)
+    f[0, 4, 3], f[1, 4, 9] = INF, -INF  # infinities are values: +inf wins, -inf loses
+    return [t.to(dtype) for t in (f, sa, ca)]
+
+
+@pytest.mark.parametrize("case", cases("car_pool"))
+def test_car_pool_nan_propagates_on_every_backend(case):
+    """The documented rule (fastmlr.ops.car_pool): NaN where any term is NaN, as torch.amax; infinities as values."""
+    f, sa, ca = _nan_pool_inputs(case.dtype)
+    want = naive_ref.car_pool(f, sa, ca)  # float64 loops with the same rule
+    got = case.call("car_pool", *(t.to(case.device) for t in (f, sa, ca))).cpu()
+    nan = torch.isnan(want)
+    assert nan[0, :, 0].all() and nan[0, :, 1].all() and nan[1, :, 2].all() and nan[1, :, 3].all() and nan[1, 1].all()
+    assert torch.equal(torch.isnan(got), nan), f"{case}: NaN at {torch.isnan(got).nonzero().tolist()}"
+    assert got[0, :, 4].isinf().all() and (got[0, :, 4] > 0).all()
+    close(torch.where(nan, 0.0, got.double()).to(case.dtype), torch.where(nan, 0.0, want), case.dtype, str(case))

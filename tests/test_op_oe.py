@@ -163,3 +163,41 @@ def test_errors_name_the_shapes():
         ops.oe_boxes(sa, alpha=0.0)
     with pytest.raises(ValueError, match="int64"):
         ops.oe_erase(sa, torch.zeros(2, 3, 4, dtype=torch.int32))
+
+
+def _non_finite_maps(dtype):
+    """Maps of one batch: clean, a NaN at a corner, in the middle, everywhere, +inf, -inf; the naive rule decides."""
+    g = torch.Generator().manual_seed(5)
+    sa = torch.rand(2, 3, 6, 7, generator=g).to(dtype)
+    sa[0, 1, 0, 0] = float("nan")
+    sa[0, 2, 3, 4] = float("nan")
+    sa[1, 0] = float("nan")
+    sa[1, 1, 2, 2] = float("inf")
+    sa[1, 2, 5, 6] = float("-inf")
+    return sa
+
+
+@pytest.mark.parametrize("case", cases("oe_boxes", dtypes=ALL))
+def test_oe_boxes_map_with_nan_or_inf_erases_nothing_on_every_backend(case):
+    sa = _non_finite_maps(case.dtype)
+    got = case.call("oe_boxes", sa.to(case.device), 0.5).cpu()
+    want = naive_ref.oe_boxes(sa.float() if case.dtype == torch.bfloat16 else sa, 0.5)
+    assert want[0, 0].tolist() != [-1] * 4 and all(want[0, 1:].flatten() == -1) and all(want[1].flatten() == -1)
+    assert torch.equal(got[0, 1:], want[0, 1:]) and torch.equal(got[1], want[1]), f"{case}: {got.tolist()}"
+    assert torch.equal(got, reference.oe_boxes_ref(sa, 0.5)), f"{case} differs from the reference"
+
+
+@pytest.mark.parametrize("case", cases("oe_boxes", dtypes=(torch.float32,)))
+def test_oe_bad_inputs_are_refused_alike_on_every_backend(case):
+    with pytest.raises(ValueError, match=r"oe_boxes: sa must have H, W >= 1.*\(1, 2, 0, 4\)"):
+        case.call("oe_boxes", torch.zeros(1, 2, 0, 4, device=case.device))
+    with pytest.raises(ValueError, match=r"oe_boxes: sa must have H, W >= 1.*\(0, 2, 3, 0\)"):
+        case.call("oe_boxes", torch.zeros(0, 2, 3, 0, device=case.device))
+    assert case.call("oe_boxes", torch.zeros(0, 2, 3, 4, device=case.device)).shape == (0, 2, 4)
+    for dtype in (torch.int64, torch.uint8, torch.bool):
+        sa = torch.ones(1, 1, 3, 4, dtype=dtype, device=case.device)
+        boxes = torch.tensor([[[0, 1, 0, 1]]], device=case.device)
+        with pytest.raises(ValueError, match=f"oe_erase: sa must be floating point, got {dtype}"):
+            case.call("oe_erase", sa, boxes)
+        with pytest.raises(ValueError, match=f"oe_boxes: sa must be floating point, got {dtype}"):
+            case.call("oe_boxes", sa)

@@ -150,6 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> car_spatial_attention
 
 // feat[k] = max_p (0.5 f[p, k]) (sa[p] + ca[k]) for one (n, c), with ft the
 // [P, D] transpose of f[n] so that k is contiguous; idx = first maximising p.
+// NaN propagates (as torch.amax): the first NaN term wins and stays.
 template <typename T>
 FMLR_CPU_CLONES void pool_row(const T* __restrict__ ft, const T* __restrict__ sa, const T* __restrict__ ca, int64_t P,
                               int64_t D, T* __restrict__ best, int32_t* __restrict__ arg) {
@@ -163,7 +164,8 @@ FMLR_CPU_CLONES void pool_row(const T* __restrict__ ft, const T* __restrict__ sa
     const int32_t pi = static_cast<int32_t>(p);
     for (int64_t k = 0; k < D; ++k) {
       const T v = (T(0.5) * fp[k]) * (sp + ca[k]);
-      const bool gt = v > best[k];  // strict: the first p wins ties
+      // strict: the first p wins ties; v != v: a NaN replaces a number, never another NaN
+      const bool gt = v > best[k] || (v != v && best[k] == best[k]);
       best[k] = gt ? v : best[k];
       arg[k] = gt ? pi : arg[k];
     }

@@ -35,12 +35,15 @@ at::Tensor oe_boxes_cpu(const at::Tensor& sa_, double alpha) {
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* map = sp + m * H * W;
         // mx[x] = max over y, my[y] = max over x (exact: max never rounds).
+        // A map holding a NaN or an infinity gets no box (the documented rule).
+        bool finite = true;
         for (int64_t x = 0; x < W; ++x) mx[x] = map[x];
         for (int64_t y = 0; y < H; ++y) {
           const scalar_t* row = map + y * W;
           scalar_t rmax = row[0];
           for (int64_t x = 0; x < W; ++x) {
             const op_t v = static_cast<op_t>(row[x]);
+            finite = finite && is_finite(v);
             if (v > static_cast<op_t>(mx[x])) mx[x] = row[x];
             if (v > static_cast<op_t>(rmax)) rmax = row[x];
           }
@@ -51,7 +54,7 @@ at::Tensor oe_boxes_cpu(const at::Tensor& sa_, double alpha) {
         oe_axis_run<scalar_t, op_t>(mx.data(), W, alpha, &x0, &x1, &fx);
         oe_axis_run<scalar_t, op_t>(my.data(), H, alpha, &y0, &y1, &fy);
         int64_t* box = bp + m * 4;
-        const bool flat = fx || fy;
+        const bool flat = fx || fy || !finite;
         box[0] = flat ? -1 : x0;
         box[1] = flat ? -1 : x1;
         box[2] = flat ? -1 : y0;

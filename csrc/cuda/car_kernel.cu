@@ -193,7 +193,8 @@ __global__ void pool_forward_kernel(const scalar_t* __restrict__ ft, const scala
     int64_t arg = 0;
     for (int64_t p = 1; p < P; ++p) {
       const op_t v = pool_value<scalar_t, op_t>(fr[p * D], sr[p], cv);
-      if (v > best) {  // strict: the first p wins ties
+      // strict: the first p wins ties; NaN propagates (as torch.amax): the first NaN wins and stays
+      if (v > best || (is_nan(v) && !is_nan(best))) {
         best = v;
         arg = p;
       }

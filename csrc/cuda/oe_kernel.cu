@@ -30,15 +30,21 @@ __global__ void oe_boxes_kernel(const scalar_t* __restrict__ sa, int64_t H, int6
   extern __shared__ unsigned char smem[];
   scalar_t* mx = reinterpret_cast<scalar_t*>(smem);
   scalar_t* my = mx + W;
+  __shared__ int non_finite;  // a map holding a NaN or an infinity gets no box (the documented rule)
   const int64_t m = blockIdx.x;
   const scalar_t* map = sa + m * H * W;
+  if (threadIdx.x == 0) non_finite = 0;
+  __syncthreads();
   for (int64_t x = threadIdx.x; x < W; x += blockDim.x) {
     scalar_t best = map[x];
+    bool finite = is_finite(static_cast<op_t>(best));
     for (int64_t y = 1; y < H; ++y) {
       const scalar_t v = map[y * W + x];
+      finite = finite && is_finite(static_cast<op_t>(v));
       best = static_cast<op_t>(v) > static_cast<op_t>(best) ? v : best;
     }
     mx[x] = best;
+    if (!finite) non_finite = 1;  // every writer stores the same value
   }
   for (int64_t y = threadIdx.x; y < H; y += blockDim.x) {
     scalar_t best = map[y * W];
@@ -54,7 +60,7 @@ __global__ void oe_boxes_kernel(const scalar_t* __restrict__ sa, int64_t H, int6
     bool fx, fy;
     oe_axis_run<scalar_t, op_t>(mx, W, alpha, &x0, &x1, &fx);
     oe_axis_run<scalar_t, op_t>(my, H, alpha, &y0, &y1, &fy);
-    const bool flat = fx || fy;
+    const bool flat = fx || fy || non_finite;
     int64_t* box = boxes + m * 4;
     box[0] = flat ? -1 : x0;
     box[1] = flat ? -1 : x1;

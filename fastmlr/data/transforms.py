@@ -128,10 +128,15 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as img:
         # load() forces the decode here, so a truncated file fails now and not inside the transform.
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in _WIDE_MODES:
-            return to_8bit(img).convert("RGB")
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as :func:`open_rgb` makes it: EXIF orientation applied, 16-bit grey scaled, RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_MODES:
+        return to_8bit(img).convert("RGB")
+    return img.convert("RGB")
 
 
 # Errors PIL raises on unreadable, truncated or malformed files.

@@ -28,6 +28,7 @@ from .contract import (
     check_sidecar,
     make_sidecar,
     read_sidecar,
+    set_thresholds,
     sidecar_path,
     write_sidecar,
 )
@@ -53,7 +54,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "INPUT_NAME", "OUTPUT_NAMES", "SIDECAR_FORMAT", "SidecarMismatch", "check_sidecar", "make_sidecar",
-    "read_sidecar", "sidecar_path", "write_sidecar",
+    "read_sidecar", "set_thresholds", "sidecar_path", "write_sidecar",
     "TRTUnavailable", "gpu_available", "import_tensorrt", "tensorrt_version",
     *_LAZY,
 ]

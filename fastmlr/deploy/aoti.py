@@ -7,6 +7,7 @@ import os
 import torch
 import torch.nn as nn
 
+from ..files import check_replaceable, remove_stale_temps, replace_file, temp_path_for
 from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from .graph import EXPORT_BACKEND, InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
 from .verify import TOLERANCE, max_abs_diff, torch_probs
@@ -33,12 +34,12 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     with export_mode(model, backend), torch.no_grad(), quiet():
         graph = InferenceGraph(model, fp16=False).eval()
         ep = torch.export.export(graph, (x,), dynamic_shapes={INPUT_NAME: {0: batch_dim(min_batch, max_batch)}})
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp.pt2")
+        check_replaceable(path, "--aoti")
+        remove_stale_temps(path)
+        tmp = temp_path_for(path, suffix=".tmp.pt2")
         try:
             aoti_compile_and_package(ep, package_path=tmp)
-            os.replace(tmp, path)
+            replace_file(tmp, path, publish=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -12,17 +12,29 @@ write through it and the runners (:mod:`fastmlr.runtime`) read through it.
   config, precision, batch range, library versions and the artefact's file name,
   size and sha256 (``artifact``). The C++ reader in ``export/cpp/src/sidecar.cpp``
   reads the same fields.
+- Integrity: the artefact's sha256 covers the model file; the sidecar covers
+  itself with ``integrity`` (:func:`seal`): the sha256 of every other top-level
+  field's canonical JSON (sorted keys, no spaces, UTF-8). :func:`read_sidecar`
+  refuses a sidecar whose fields no longer match it, naming the fields, so a
+  hand-edited ``class_names`` or ``mean`` is never used by accident; the
+  deliberate bypass is ``verify_hash=False``. Tools that change a sidecar
+  rewrite its record: :func:`write_sidecar` (every export) and
+  :func:`set_thresholds` (thresholds calibrated after export). Sidecars written
+  before the record existed still load, with one line on stderr saying their
+  fields are unchecked (re-export to add it). The C++ reader does not check it.
 - :data:`EXTENSIONS` maps file extensions to the artefact kind in ``artifact.format``.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
+import sys
 from typing import Sequence
 
-from ..files import atomic_write_json, file_sha256, publish_mode
+from ..files import atomic_write_json, file_sha256
 from .probe import tensorrt_version
 
 SIDECAR_FORMAT = "fastmlr-artifact-v1"
@@ -31,6 +43,9 @@ OUTPUT_NAMES = ("logits", "probs")
 EXTENSIONS = {".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt", ".pt2": "aoti"}
 # Keys every sidecar has; the rest are informative.
 REQUIRED_KEYS = ("class_names", "image_size", "mean", "std", "threshold", "artifact")
+INTEGRITY_KEY = "integrity"
+INTEGRITY_SCHEME = "sha256 of each top-level field's canonical JSON"
+_warned_unsealed: set[str] = set()
 
 
 class SidecarMismatch(ValueError):
@@ -106,24 +121,71 @@ def make_sidecar(model, image_size: int, class_names=None, threshold: float = 0.
     return side
 
 
-def write_sidecar(artifact_path: str, sidecar: dict, **fields) -> dict:
-    """Write the sidecar of ``artifact_path`` (atomically) with ``fields`` and the artefact's hash; returns it.
+def _field_hash(value) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    Also gives the artefact and its sidecar the umask's usual mode (they are
-    read by other users: a Triton server, a service account).
+
+def seal(side: dict) -> dict:
+    """``side`` with its integrity record (any earlier one replaced): a hash of every other top-level field."""
+    body = {k: v for k, v in side.items() if k != INTEGRITY_KEY}
+    # A JSON round trip first, so the hashes are those of what a reader will parse back (tuples become lists).
+    body = json.loads(json.dumps(body))
+    return {**body, INTEGRITY_KEY: {"scheme": INTEGRITY_SCHEME, "fields": {k: _field_hash(v) for k, v in body.items()}}}
+
+
+def edited_fields(side: dict) -> list[str] | None:
+    """Top-level fields that differ from the integrity record (added, removed or changed); None without a record."""
+    rec = side.get(INTEGRITY_KEY)
+    if rec is None:
+        return None
+    if not isinstance(rec, dict) or rec.get("scheme") != INTEGRITY_SCHEME or not isinstance(rec.get("fields"), dict):
+        return [INTEGRITY_KEY]
+    want = rec["fields"]
+    have = {k: v for k, v in side.items() if k != INTEGRITY_KEY}
+    changed = [k for k in have if want.get(k) != _field_hash(have[k])]
+    return sorted(set(changed) | (set(want) - set(have)))
+
+
+def write_sidecar(artifact_path: str, sidecar: dict, **fields) -> dict:
+    """Write the sidecar of ``artifact_path`` (atomically, sealed) with ``fields`` and the artefact's hash; returns it.
+
+    The sidecar gets the umask's usual mode when new (it is read by other users:
+    a Triton server, a service account); a replaced one keeps its mode.
     """
     side = {**sidecar, **fields}
     side["artifact"] = {**fields.get("artifact", {}), "file": os.path.basename(artifact_path),
                         "sha256": file_sha256(artifact_path), "bytes": os.path.getsize(artifact_path)}
     side["versions"] = versions()
-    publish_mode(artifact_path)
-    atomic_write_json(sidecar_path(artifact_path), side)
-    publish_mode(sidecar_path(artifact_path))
+    side = seal(side)
+    atomic_write_json(sidecar_path(artifact_path), side, publish=True)
     return side
 
 
-def read_sidecar(path: str) -> dict:
-    """The sidecar of artefact ``path``; raises :class:`SidecarMismatch` when absent, unreadable or not fastmlr's."""
+def set_thresholds(artifact: str, thresholds=None, *, threshold: float | None = None) -> dict:
+    """Change the decision threshold(s) of an exported artefact after calibration, rewriting its sealed sidecar.
+
+    ``thresholds``: one per class (None leaves them as they are); ``threshold``:
+    the single threshold. The sidecar must be intact (:func:`read_sidecar`);
+    the artefact itself is not touched. Returns the new sidecar.
+    """
+    side = read_sidecar(artifact)
+    if threshold is not None:
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        side["threshold"] = float(threshold)
+    if thresholds is not None:
+        side["thresholds"] = _check_thresholds(thresholds, len(side["class_names"]), "set_thresholds")
+    side = seal(side)
+    atomic_write_json(sidecar_path(artifact), side, publish=True)
+    return side
+
+
+def read_sidecar(path: str, *, verify_hash: bool = True) -> dict:
+    """The sidecar of artefact ``path``; raises :class:`SidecarMismatch` when absent, unreadable, not fastmlr's or edited.
+
+    ``verify_hash=False`` skips the integrity check (an edit made on purpose).
+    """
     side_path = sidecar_path(path)
     if not os.path.exists(side_path):
         raise SidecarMismatch(
@@ -145,7 +207,25 @@ def read_sidecar(path: str) -> dict:
             _check_thresholds(side["thresholds"], len(side["class_names"]), f"sidecar {side_path}")
         except (TypeError, ValueError) as e:
             raise SidecarMismatch(str(e)) from e
+    if verify_hash:
+        _check_integrity(side_path, side)
     return side
+
+
+def _check_integrity(side_path: str, side: dict) -> None:
+    edited = edited_fields(side)
+    if edited is None:
+        if side_path not in _warned_unsealed:
+            _warned_unsealed.add(side_path)
+            print(f"fastmlr: sidecar {side_path} has no {INTEGRITY_KEY!r} record (written by an older fastmlr): "
+                  f"its fields are used unchecked; re-export to add one", file=sys.stderr)
+        return
+    if edited:
+        raise SidecarMismatch(
+            f"sidecar {side_path} was edited after export: {', '.join(edited)} no longer match its "
+            f"{INTEGRITY_KEY!r} record; re-export the artefact (python -m fastmlr.export), change thresholds with "
+            f"fastmlr.deploy.set_thresholds, or accept the edit deliberately with verify_hash=False"
+        )
 
 
 def class_thresholds(side: dict) -> list[float]:
@@ -186,4 +266,5 @@ def check_sidecar(path: str, side: dict, *, kind: str, class_names: Sequence[str
 __all__ = [
     "SIDECAR_FORMAT", "INPUT_NAME", "OUTPUT_NAMES", "EXTENSIONS", "REQUIRED_KEYS", "SidecarMismatch",
     "sidecar_path", "versions", "make_sidecar", "write_sidecar", "read_sidecar", "check_sidecar", "class_thresholds",
+    "INTEGRITY_KEY", "seal", "edited_fields", "set_thresholds",
 ]

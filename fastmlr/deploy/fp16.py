@@ -157,7 +157,7 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
 
         from ..files import atomic_write_bytes
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-        atomic_write_bytes(out_path, lambda fh: fh.write(data))
+        atomic_write_bytes(out_path, lambda fh: fh.write(data), publish=True)
     n_conv = len(graph.convs)
     conv_fp32 = sum(1 for c in graph.convs if c in keep_nodes)
     ok = err_final["max"] <= budget

@@ -81,7 +81,7 @@ def export_onnx(
     if len(data) > 2**31 - 1:  # protobuf's limit; larger graphs need external data, which a sidecar can't hash
         raise ValueError(f"the ONNX graph is {len(data)} bytes, beyond protobuf's 2 GiB; export a smaller model")
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    atomic_write_bytes(path, lambda fh: fh.write(data))
+    atomic_write_bytes(path, lambda fh: fh.write(data), publish=True)
     write_sidecar(
         path, side, artifact={"format": "onnx"}, precision="fp16" if fp16 else "fp32", opset=int(opset),
         batch={"min": min_batch, "opt": opt_batch, "max": max_batch},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..files import atomic_write_bytes, atomic_write_json, publish_mode
-from .contract import INPUT_NAME, OUTPUT_NAMES, read_sidecar, sidecar_path
+from ..files import atomic_write_bytes, atomic_write_json
+from .contract import INPUT_NAME, OUTPUT_NAMES, read_sidecar, seal, sidecar_path
 
 
 def triton_config(name: str, platform: str, num_classes: int, image_size: int, max_batch: int,
@@ -59,16 +59,21 @@ def write_triton_repo(repo: str, sidecar: dict, *, engine: str | None = None, on
     src, platform, fname = (engine, "tensorrt_plan", "model.plan") if engine else (onnx_path, "onnxruntime_onnx", "model.onnx")
     with open(src, "rb") as fh:
         blob = fh.read()
-    atomic_write_bytes(os.path.join(folder, "1", fname), lambda fh: fh.write(blob))
+    atomic_write_bytes(os.path.join(folder, "1", fname), lambda fh: fh.write(blob), publish=True)
     cfg = triton_config(name, platform, sidecar["num_classes"], sidecar["image_size"], max_batch, opt_batch)
-    atomic_write_bytes(os.path.join(folder, "config.pbtxt"), lambda fh: fh.write(cfg.encode()))
-    publish_mode(os.path.join(folder, "1", fname))
-    publish_mode(os.path.join(folder, "config.pbtxt"))
+    atomic_write_bytes(os.path.join(folder, "config.pbtxt"), lambda fh: fh.write(cfg.encode()), publish=True)
     # Triton ignores extra files in the model folder; clients read class names and preprocessing here.
     side = read_sidecar(src) if os.path.exists(sidecar_path(src)) else dict(sidecar)
-    atomic_write_json(os.path.join(folder, "fastmlr.json"), {**side, "triton": {"name": name, "platform": platform}})
-    publish_mode(os.path.join(folder, "fastmlr.json"))
+    atomic_write_json(os.path.join(folder, "fastmlr.json"),
+                      seal({**side, "triton": {"name": name, "platform": platform}}), publish=True)
     return folder
 
 
-__all__ = ["triton_config", "write_triton_repo"]
+def repo_files(repo: str, model_name: str, *, engine: bool) -> list[str]:
+    """The files :func:`write_triton_repo` may write for ``model_name`` (both served files when an engine may fail)."""
+    folder = os.path.join(repo, model_name)
+    served = ["model.plan", "model.onnx"] if engine else ["model.onnx"]
+    return [os.path.join(folder, "1", f) for f in served] + [os.path.join(folder, n) for n in ("config.pbtxt", "fastmlr.json")]
+
+
+__all__ = ["triton_config", "write_triton_repo", "repo_files"]

@@ -105,7 +105,7 @@ def build_trt_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     blob = bytes(serialized)
-    atomic_write_bytes(engine_path, lambda fh: fh.write(blob))
+    atomic_write_bytes(engine_path, lambda fh: fh.write(blob), publish=True)
     if timing_cache:
         new_cache = bytes(config.get_timing_cache().serialize())
         atomic_write_bytes(timing_cache, lambda fh: fh.write(new_cache))

@@ -306,7 +306,8 @@ def _car_pool_fwd_kernel(
     Each program keeps a running max and its position for a BLOCK_C x
     BLOCK_K tile of one image while walking p in BLOCK_P steps (f and sa are
     loaded along their contiguous P axis, ca along D). Ties go to the first
-    p. The position is stored for the backward. Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
+    p; a NaN term makes the result NaN (its first position is kept). The
+    position is stored for the backward. Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
     """
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -329,10 +330,15 @@ def _car_pool_fwd_kernel(
                      mask=mask_c[:, None] & mask_p[None, :], other=0.0).to(ACC)
         v = 0.5 * f[None, :, :] * (sa[:, None, :] + ca[:, :, None])  # BLOCK_C, BLOCK_K, BLOCK_P
         v = tl.where(mask_p[None, None, :], v, float("-inf"))
-        m, i = tl.max(v, axis=2, return_indices=True, return_indices_tie_break_left=True)
-        better = m > best  # strict: an earlier block keeps its tie
-        best = tl.where(better, m, best)
-        best_p = tl.where(better, i + p0, best_p)
+        # NaN propagates (as torch.amax): a block's first NaN wins, then stays; tl.max sees NaN as -inf.
+        nan = v != v
+        nan_i = tl.min(tl.where(nan, tl.arange(0, BLOCK_P)[None, None, :], BLOCK_P), axis=2)
+        m, i = tl.max(tl.where(nan, float("-inf"), v), axis=2, return_indices=True,
+                      return_indices_tie_break_left=True)
+        take_nan = (nan_i < BLOCK_P) & (best == best)
+        better = (m > best) & (nan_i == BLOCK_P) & (best == best)  # strict: an earlier block keeps its tie
+        best = tl.where(take_nan, float("nan"), tl.where(better, m, best))
+        best_p = tl.where(take_nan, nan_i + p0, tl.where(better, i + p0, best_p))
     tl.store(out_ptr + ca_offs, best.to(out_ptr.dtype.element_ty), mask=mask_ck)
     tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
 

@@ -83,7 +83,7 @@ def _oe_boxes_kernel(
 
     mx[x] = max_y SA[y, x], my[y] = max_x SA[y, x]; each marginal goes
     through :func:`_oe_axis_run`; the box is (x0, x1, y0, y1), or -1 four
-    times if either marginal is flat. The arithmetic stays in the map's dtype
+    times if either marginal is flat or the map holds a NaN or an infinity. The arithmetic stays in the map's dtype
     (alpha and the flatness threshold come as a tensor of that dtype) so the
     thresholds agree with the reference bit for bit.
     Grid: (N * K,), one program per map (contiguous H x W).
@@ -99,7 +99,9 @@ def _oe_boxes_kernel(
     y0, y1, fy = _oe_axis_run(tl.max(m, axis=1).to(m.dtype), ys < H, alpha, flat_eps, BLOCK_H)
     j = tl.arange(0, 4)
     box = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, y0, y1)))
-    box = tl.where(fx | fy, -1, box)
+    # A map holding a NaN or an infinity gets no box (the documented rule); masked lanes hold -inf.
+    bad = tl.max(tl.where(mask & ((m != m) | (tl.abs(m) == float("inf"))), 1, 0))
+    box = tl.where(fx | fy | (bad > 0), -1, box)
     tl.store(out_ptr + pid * 4 + j, box.to(tl.int64))
 
 

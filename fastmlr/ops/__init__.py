@@ -112,7 +112,9 @@ def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -
     Args:
         f (Tensor[N, D, P]), sa (Tensor[N, C, P]), ca (Tensor[N, C, D]).
     Returns:
-        Tensor[N, C, D]
+        Tensor[N, C, D]. NaN propagates, as in ``torch.amax``: ``feat[n,c,k]`` is
+        NaN when any of its P terms is (every backend; the gradient then goes to
+        the first NaN position). Infinities take part in the max as values.
     """
     _check(f.dim() == 3, f"car_pool: f must be (N, D, P), got shape {tuple(f.shape)}")
     N, D, P = f.shape
@@ -134,10 +136,14 @@ def oe_boxes(sa: Tensor, alpha: float = 0.5, *, backend: str | None = None) -> T
         alpha: threshold in (0, 1] on the min-max normalised marginals.
     Returns:
         int64 Tensor[N, K, 4] of inclusive ``(x0, x1, y0, y1)``, x along W, or
-        a row of -1 where the map is flat. No gradient.
+        a row of -1 where the map is flat. A map holding a NaN or an infinity
+        anywhere gets the row of -1 too (nothing erased), on every backend.
+        No gradient.
     """
     _check(sa.dim() == 4, f"oe_boxes: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
     _check(sa.is_floating_point(), f"oe_boxes: sa must be floating point, got {sa.dtype}")
+    _check(sa.shape[2] >= 1 and sa.shape[3] >= 1,
+           f"oe_boxes: sa must have H, W >= 1 (a map with positions), got shape {tuple(sa.shape)}")
     _check(0.0 < float(alpha) <= 1.0, f"oe_boxes: alpha must be in (0, 1], got {alpha}")
     sa = sa.detach()
     return select("oe_boxes", (sa,), backend).impls["oe_boxes"](sa, float(alpha))
@@ -152,6 +158,7 @@ def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor
         Tensor[N, K, H, W]; gradients flow to ``sa`` outside the boxes.
     """
     _check(sa.dim() == 4, f"oe_erase: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
+    _check(sa.is_floating_point(), f"oe_erase: sa must be floating point, got {sa.dtype}")
     _check(tuple(boxes.shape) == (*sa.shape[:2], 4),
            f"oe_erase: boxes must be ({sa.shape[0]}, {sa.shape[1]}, 4) to match sa, got {tuple(boxes.shape)}")
     _check(boxes.dtype == torch.int64, f"oe_erase: boxes must be int64, got {boxes.dtype}")

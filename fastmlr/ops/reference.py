@@ -42,7 +42,7 @@ def car_pool_ref(f: Tensor, sa: Tensor, ca: Tensor) -> Tensor:
         sa (Tensor[N, C, P]): spatial attention.
         ca (Tensor[N, C, D]): channel attention.
     Returns:
-        Tensor[N, C, D]
+        Tensor[N, C, D]; NaN where any of the P terms is NaN (as ``torch.amax``).
     """
     w = sa[:, :, None, :] + ca[:, :, :, None]  # N, C, D, P
     return (0.5 * f[:, None, :, :] * w).amax(dim=-1)
@@ -90,16 +90,18 @@ def oe_boxes_ref(sa: Tensor, alpha: float = 0.5) -> Tensor:
         alpha: threshold on the min-max normalised marginals, in (0, 1].
     Returns:
         int64 Tensor[N, K, 4] of inclusive ``(x0, x1, y0, y1)``, x along W;
-        a row of -1 where either marginal is flat (nothing erased).
+        a row of -1 where either marginal is flat, or where the map holds a
+        NaN or an infinity (nothing erased).
     """
     N, K, H, W = sa.shape
     maps = sa.detach().reshape(N * K, H, W)
+    non_finite = ~torch.isfinite(maps).flatten(1).all(dim=1)
     mx = maps.amax(dim=1)  # (NK, W): max over y
     my = maps.amax(dim=2)  # (NK, H): max over x
     x0, x1, fx = _axis_runs(mx, alpha)
     y0, y1, fy = _axis_runs(my, alpha)
     boxes = torch.stack([x0, x1, y0, y1], dim=1)
-    flat = (fx | fy)[:, None]
+    flat = (fx | fy | non_finite)[:, None]
     boxes = torch.where(flat, torch.full_like(boxes, -1), boxes)
     return boxes.reshape(N, K, 4)
 

@@ -10,6 +10,11 @@ from torch import Tensor
 from ..deploy.contract import class_thresholds
 
 
+def _is_pil(obj) -> bool:
+    """Whether ``obj`` is a PIL image, without importing PIL for callers that pass tensors."""
+    return any(c.__module__.startswith("PIL.") and c.__name__ == "Image" for c in type(obj).__mro__)
+
+
 class Runner:
     """What every runner offers. Subclasses implement :meth:`run`.
 
@@ -34,25 +39,47 @@ class Runner:
 
     # -- preprocessing from the sidecar ------------------------------------------------------------
     def preprocess(self, images) -> Tensor:
-        """Tensor[N, 3, S, S] (already normalised) or a list of PIL images / file paths -> float32 Tensor[N, 3, S, S]."""
+        """Images as the artefact takes them: float32 Tensor[N, 3, S, S], normalised with the sidecar's mean/std.
+
+        ``images``: a float Tensor[N, 3, S, S] or [3, S, S], already normalised
+        (passed through); a uint8 Tensor of the same shape, pixels 0..255
+        (divided by 255, then normalised); PIL images or image paths, one alone
+        or a list (resized to S x S; 16-bit grey scaled to 8 bits, as in
+        training). Other tensor dtypes are refused.
+        """
         S = self.image_size
+        expected = (f"a float32 Tensor[N, 3, {S}, {S}] normalised with the sidecar's mean/std, a uint8 one "
+                    f"of pixels 0..255, or PIL images / image paths")
         if isinstance(images, Tensor):
             if images.dim() == 3:
                 images = images[None]
             if images.dim() != 4 or tuple(images.shape[1:]) != (3, S, S):
                 raise ValueError(f"{self.path} takes images of shape (N, 3, {S}, {S}), got {tuple(images.shape)}")
+            if images.dtype == torch.uint8:
+                x = images.detach().to("cpu", torch.float32) / 255.0
+                return ((x - self._mean) / self._std).contiguous()
+            if not images.dtype.is_floating_point:
+                raise TypeError(f"{self.path}: a {images.dtype} tensor has no known pixel scale; expected {expected}")
             return images.detach().to("cpu", torch.float32).contiguous()
+        if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+            images = [images]  # one image alone is a batch of one (a path is not a list of characters)
         from PIL import Image
         from torchvision.transforms import functional as TF
+
+        from ..data.transforms import IMAGE_ERRORS, open_rgb, to_rgb
 
         out = []
         for img in images:
             if isinstance(img, (str, os.PathLike)):
-                with Image.open(img) as im:
-                    img = im.convert("RGB")
-            elif not isinstance(img, Image.Image):
-                raise TypeError(f"predict takes a Tensor[N, 3, {S}, {S}] or PIL images / paths, got {type(img).__name__}")
-            img = TF.resize(img.convert("RGB"), [S, S])
+                try:
+                    img = open_rgb(img)
+                except IMAGE_ERRORS as e:
+                    raise ValueError(f"cannot read image {os.fspath(img)!r}: {type(e).__name__}: {e}") from None
+            elif isinstance(img, Image.Image):
+                img = to_rgb(img)
+            else:
+                raise TypeError(f"{self.path}: got a {type(img).__name__} among the images; expected {expected}")
+            img = TF.resize(img, [S, S])
             out.append((TF.to_tensor(img) - self._mean) / self._std)
         if not out:
             raise ValueError("predict got no images")
