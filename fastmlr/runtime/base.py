@@ -111,7 +111,7 @@ class Runner:
         res = []
         for p in self.predict(images):
             order = p.argsort(descending=True).tolist()
-            res.append([(self.class_names[c], float(p[c])) for c in order if p[c] >= self.thresholds[c]])
+            res.append([(self.class_names[c], float(p[c])) for c in order if float(p[c]) >= self.thresholds[c]])
         return res
 
     def __repr__(self) -> str:
