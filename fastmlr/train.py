@@ -10,7 +10,9 @@ rank, so the resumed run continues the same random streams). A folder that
 holds an earlier run is only written with ``--resume`` or ``--overwrite``.
 Flags and data are checked before any work: a mistake ends with one line
 ``error: ...`` and exit status 2 (``--debug`` shows the traceback). Multi-GPU:
-``torchrun --nproc_per_node=G -m fastmlr.train ...`` (rank 0 writes).
+``torchrun --nproc_per_node=G -m fastmlr.train ...`` (rank 0 writes). Mixed precision
+(``--amp``, fastmlr/amp.py): float16 autocast with loss scaling on CUDA (the default
+there), bfloat16 autocast on the CPU with ``--amp on``; one training step for both.
 """
 
 from __future__ import annotations
