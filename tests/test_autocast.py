@@ -155,11 +155,14 @@ MIXES = [
 CPP_OPS = ("car_spatial_attention", "car_pool", "oe_erase")
 
 
-@pytest.mark.parametrize("op,low", MIXES, ids=[f"{op}-{low}" for op, low in MIXES])
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_each_op_follows_its_autocast_rule(op, low, backend):
-    if backend == "cpp" and (op not in CPP_OPS or "cpp" not in ops.available_backends("cpu")):
-        pytest.skip(f"cpp does not run {op} on the CPU here")
+RULE_CASES = [(backend, op, low) for backend in ("reference", "cpp") for op, low in MIXES
+              if backend == "reference" or op in CPP_OPS]
+
+
+@pytest.mark.parametrize("backend,op,low", RULE_CASES, ids=[f"{b}-{op}-{low}" for b, op, low in RULE_CASES])
+def test_each_op_follows_its_autocast_rule(backend, op, low):
+    if backend not in ops.available_backends("cpu"):
+        pytest.skip(f"{backend} does not run on the CPU here (fastmlr._C not built)")
     amp = torch.bfloat16
     raw = _rule_inputs()[op]
     given = tuple(t.to(amp) if i in low else t for i, t in enumerate(raw))
@@ -204,9 +207,9 @@ def fmnist(tmp_path_factory):
     return fmnist_root(tmp_path_factory)
 
 
-def _targs(out, fmnist, *extra, model="baseline", epochs=1):
+def _targs(out, fmnist, *extra, model="baseline", epochs=1, size=64):
     return ["--model", model, "--backbone", "resnet18", "--weights", "none", "--data", "mosaics", "--data-root",
-            fmnist, "--train-size", "8", "--val-size", "4", "--image-size", "64", "--epochs", str(epochs),
+            fmnist, "--train-size", "8", "--val-size", "2", "--image-size", str(size), "--epochs", str(epochs),
             "--batch-size", "4", "--max-steps", "2", "--lr", "1e-3", "--workers", "0", "--out", str(out),
             "--device", "cpu", "--no-progress", *extra]
 
@@ -251,11 +254,11 @@ def test_resume_with_loss_scaling_of_a_run_saved_without(tmp_path, fmnist, monke
     from fastmlr.checkpoint import load_checkpoint
 
     out = tmp_path / "r"
-    assert train.main(_targs(out, fmnist, "--amp", "off")) == 0
+    assert train.main(_targs(out, fmnist, "--amp", "off", size=32)) == 0
     assert load_checkpoint(str(out / "last.pt"))["scaler"] is None
     monkeypatch.setitem(amp_mod.AMP_DTYPES, "cpu", torch.float16)
     capsys.readouterr()
-    assert train.main(_targs(out, fmnist, "--amp", "on", "--resume", epochs=2)) == 0
+    assert train.main(_targs(out, fmnist, "--amp", "on", "--resume", epochs=2, size=32)) == 0
     log = capsys.readouterr().out
     assert "float16 autocast with loss scaling" in log and "loss scaling starts afresh" in log
     ckpt = load_checkpoint(str(out / "last.pt"))
