@@ -10,7 +10,9 @@ rank, so the resumed run continues the same random streams). A folder that
 holds an earlier run is only written with ``--resume`` or ``--overwrite``.
 Flags and data are checked before any work: a mistake ends with one line
 ``error: ...`` and exit status 2 (``--debug`` shows the traceback). Multi-GPU:
-``torchrun --nproc_per_node=G -m fastmlr.train ...`` (rank 0 writes).
+``torchrun --nproc_per_node=G -m fastmlr.train ...`` (rank 0 writes). Mixed precision
+(``--amp``, fastmlr/amp.py): float16 autocast with loss scaling on CUDA (the default
+there), bfloat16 autocast on the CPU with ``--amp on``; one training step for both.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from . import __version__, train_args
+from .amp import forward_loss, load_scaler_state, optimizer_step, resolve_amp, scaler_state
 from .checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
@@ -214,16 +216,18 @@ def _train(args) -> dict:
         )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.lr_step, gamma=args.lr_gamma)
-    use_amp = device.type == "cuda" and args.amp != "off"
-    if args.amp == "on" and device.type != "cuda":
-        log("--amp on: mixed precision needs CUDA; training in fp32 on", device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    try:
+        amp = resolve_amp(args.amp, device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    scaler = amp.scaler()
     start_epoch, history, best = 0, [], -1.0
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and use_amp:
-            scaler.load_state_dict(ckpt["scaler"])
+        note = load_scaler_state(scaler, ckpt.get("scaler"))
+        if note:
+            log(f"--resume: {note}")
         start_epoch = ckpt["epoch"] + 1
         history = list(ckpt.get("history", []))
         best = max([h["val"]["mAP"] for h in history if not math.isnan(h["val"]["mAP"])], default=-1.0)
@@ -251,7 +255,7 @@ def _train(args) -> dict:
         atomic_write_json(os.path.join(args.out, "args.json"), vars(args))
     log(
         f"fastmlr {__version__}: {args.model} ({args.backbone}) on {args.data}: {len(train_ds)} train / "
-        f"{len(val_ds)} val images, {len(classes)} classes, device {device}"
+        f"{len(val_ds)} val images, {len(classes)} classes, device {device}, {amp.describe()}"
         + (f" x{world}" if world > 1 else "")
     )
 
@@ -273,20 +277,14 @@ def _train(args) -> dict:
             images, y, ign, n_skip = batch
             skipped += n_skip
             images, y, ign = images.to(device), y.to(device), ign.to(device)
-            ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
-            with ctx:
-                out = model.forward_train(images) if world == 1 else train_model(images)
-                loss = model.loss(out, y, ign)
+            loss = forward_loss(model, model.forward_train if world == 1 else train_model, images, y, ign, amp)
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
                     f"The last good checkpoint ({last_path}, if any) is kept; try a lower --lr."
                 )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(loss, opt, scaler)
             if not torch.isfinite(torch.nn.utils.get_total_norm(list(model.parameters()))):
                 bar.close()
                 raise TrainingDiverged(
@@ -337,7 +335,7 @@ def _train(args) -> dict:
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict() if use_amp else None,
+                "scaler": scaler_state(scaler),
                 "epoch": epoch,
                 "history": history,
                 "args": vars(args),

@@ -77,7 +77,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=float, default=None, help=f"default {OPTIM_DEFAULTS['weight_decay']}")
     o.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
     o.add_argument("--seed", type=int, default=0)
-    o.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="fp16 autocast (CUDA only); auto = on for CUDA")
+    o.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="mixed precision: CUDA float16 autocast with loss scaling, CPU bfloat16 autocast; auto = on for CUDA only")
     r = p.add_argument_group("run")
     r.add_argument("--out", default="runs/train", help="output folder: " + ", ".join(RUN_FILES))
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

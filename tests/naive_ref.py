@@ -175,6 +175,29 @@ _MORE_HAND_MAPS = [  # name, rows (H x W), alpha, expected (x0, x1, y0, y1) work
 ]
 
 
+def threshold_maps():
+    """Non-flat maps whose normalised marginals reach alpha (or 1.0) exactly, worked out by hand.
+
+    Every value is exact in bfloat16, and ``(m - lo) / (hi - lo)`` is exactly alpha in every
+    floating dtype when the division is correctly rounded, with ``hi - lo`` not a power of two,
+    so a division rounded any other way (an approximate reciprocal) lands beside the threshold.
+    Each: (name, map, alpha, expected [x0, x1, y0, y1]).
+    """
+    return [
+        # lo 0.25, hi 1.75: (1.0 - 0.25) / 1.5 = 0.5 on both sides of the maximum, on x and on y.
+        ("exact-half", [[0.25, 1.0, 1.75, 1.0, 0.25], [0.25, 0.25, 1.0, 0.25, 0.25], [0.25] * 5], 0.5, [1, 3, 0, 1]),
+        # lo 0, hi 3 (on each marginal): 1.125 / 3 = 0.375.
+        ("exact-0.375", [[0.0, 1.125, 3.0, 0.0], [1.125, 0.0, 0.0, 0.0], [0.0] * 4], 0.375, [0, 2, 0, 1]),
+        # alpha = 1 with hi - lo = 2.5: only the maximum, (3 - 0.5) / 2.5 = 1.
+        ("alpha-1-range-2.5", [[0.5, 3.0, 0.5], [0.5, 0.5, 0.5]], 1.0, [1, 1, 0, 0]),
+        # alpha = 1 with hi - lo = 0.75, maxima in two runs on x (the wider wins) and one row.
+        ("alpha-1-range-0.75", [[0.25, 1.0, 1.0, 0.25, 1.0], [0.25, 0.25, 0.25, 0.25, 0.25]], 1.0, [1, 2, 0, 0]),
+        # lo 0.5, hi 2: (1.25 - 0.5) / 1.5 = 0.5, the run above it holding the maximum at its right end.
+        ("exact-half-run-end", [[0.5, 1.25, 1.25, 2.0, 0.5, 1.25]], 0.5, None),  # H = 1: y is flat
+        ("exact-half-2d", [[0.5, 1.25, 1.25, 2.0, 0.5, 1.25], [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]], 0.5, [1, 3, 0, 0]),
+    ]
+
+
 def oe_rule_cases(dtype):
     """Maps named by what they exercise (random ones included), in ``dtype``."""
     cases = {}

@@ -26,6 +26,28 @@ def test_oe_boxes_hand_made(case, hand):
     assert case.call("oe_boxes", m[None, None].to(case.device), alpha)[0, 0].tolist() == expected, name
 
 
+def _hand_and_threshold_maps():
+    maps = [(name, m, alpha, want) for name, m, alpha, want in naive_ref.hand_maps()]
+    maps += [(name, torch.tensor(rows), alpha, want or [-1] * 4) for name, rows, alpha, want in naive_ref.threshold_maps()]
+    return maps
+
+
+@pytest.mark.parametrize("case", cases("oe_boxes", dtypes=ALL))
+def test_oe_boxes_hand_made_non_flat_maps_in_every_dtype(case):
+    """The hand-made maps (alpha = 1.0 and normalised values exactly at alpha among them) on every device and dtype.
+
+    Their values are exact in every dtype, so the hand-worked boxes hold in each; the
+    reference, run on the CPU in the same dtype, agrees.
+    """
+    for name, m, alpha, expected in _hand_and_threshold_maps():
+        sa = m.to(case.dtype)[None, None]
+        if not torch.equal(sa.double()[0, 0], m.double()):
+            continue  # a value this dtype cannot hold (0.99 in bfloat16, ...): covered by the float32 test
+        assert reference.oe_boxes_ref(sa, alpha)[0, 0].tolist() == expected, f"{name}: reference in {case.dtype}"
+        got = case.call("oe_boxes", sa.to(case.device), alpha)[0, 0].tolist()
+        assert got == expected, f"{name} (alpha={alpha}): {case} gives {got}, by hand {expected}"
+
+
 @pytest.mark.parametrize("case", cases("oe_boxes", dtypes=(torch.float32,)))
 def test_oe_boxes_expected_rectangles(case):
     # Hand-derived from the rule, independent of any implementation.

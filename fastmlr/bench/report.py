@@ -285,7 +285,9 @@ def plot(result: dict, path: str) -> None:
         for i, (label, ys, err) in enumerate(series):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(models))]
             paper = label == PAPER_SHORT
-            ax.bar(xs, ys, width, label=label, yerr=None if err is None else [err[0], err[1]], capsize=2,
+            # A bootstrap interval need not contain the median it is drawn around: clip the bars at zero length.
+            yerr = None if err is None else [[max(0.0, e) for e in err[0]], [max(0.0, e) for e in err[1]]]
+            ax.bar(xs, ys, width, label=label, yerr=yerr, capsize=2,
                    hatch="//" if paper else None, color="lightgrey" if paper else None, edgecolor="black",
                    linewidth=0.4)
         if panel["source"] == "ratio":

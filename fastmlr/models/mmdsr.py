@@ -128,7 +128,7 @@ class DynamicSemantic(nn.Module):
 
     def adjacency(self, v: Tensor) -> Tensor:
         """V (Tensor[N, C, d]) -> row-normalised A (Tensor[N, C, C])."""
-        s = F.relu(ops.multi_perspective_cosine(v, self.perspectives.to(v.dtype)))
+        s = F.relu(ops.multi_perspective_cosine(v, self.perspectives))
         return s / s.sum(dim=2, keepdim=True).clamp_min(1e-6)
 
     def forward(self, z: Tensor, a0: Tensor) -> Tensor:

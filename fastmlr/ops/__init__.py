@@ -8,6 +8,15 @@ backend that accepts the call. :func:`backend_status` says, per device (and
 op), which backends run and why the others refuse; ``python -m fastmlr.ops``
 prints it. The optional backends ("cpp", "triton") are imported on first use,
 not by ``import fastmlr.ops`` (see fastmlr/ops/_dispatch.py).
+
+Under ``torch.autocast`` every op follows one rule, whichever backend runs it
+(:data:`AUTOCAST_RULES`, explained in fastmlr/ops/_autocast.py): "lower" casts its
+float32/16 inputs to the autocast dtype (car_spatial_attention, a fused linear
+layer), "fp32" to float32 (multi_perspective_cosine, a cosine similarity),
+"promote" to the widest floating dtype among its inputs (car_pool, oe_boxes,
+oe_erase, second_order_pool); the op then runs with autocast disabled. So an
+op may be handed float16/bfloat16 activations with float32 parameters there.
+Outside autocast, the floating inputs of an op must share one dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import torch
 from torch import Tensor
 
 from . import reference
+from ._autocast import RULES as AUTOCAST_RULES
+from ._autocast import cast_inputs as _autocast_inputs
 from ._dispatch import (
     OPS,
     Backend,
@@ -44,6 +55,7 @@ __all__ = [
     "BackendError",
     "register_backend",
     "OPS",
+    "AUTOCAST_RULES",
 ]
 
 register_backend(
@@ -91,6 +103,7 @@ def car_spatial_attention(u: Tensor, wc: Tensor, s: Tensor, b: Tensor, *, backen
         u (Tensor[N, P, D]), wc (Tensor[C, D]), s (Tensor[D]), b (Tensor[]).
     Returns:
         Tensor[N, C, P]
+    Under autocast ("lower"): u, wc, s, b are cast to the autocast dtype, as a linear layer's are.
     """
     _check(u.dim() == 3, f"car_spatial_attention: u must be (N, P, D), got shape {tuple(u.shape)}")
     _check(wc.dim() == 2, f"car_spatial_attention: wc must be (C, D), got shape {tuple(wc.shape)}")
@@ -99,9 +112,11 @@ def car_spatial_attention(u: Tensor, wc: Tensor, s: Tensor, b: Tensor, *, backen
     _check(tuple(s.shape) == (D,), f"car_spatial_attention: s must be ({D},), got {tuple(s.shape)}")
     _check(b.numel() == 1 and b.dim() <= 1, f"car_spatial_attention: b must be a scalar tensor, got shape {tuple(b.shape)}")
     b = b.reshape(())
+    (u, wc, s, b), ctx = _autocast_inputs("car_spatial_attention", (u, wc, s, b), u.device.type)
     _same_device_dtype("car_spatial_attention", u=u, wc=wc, s=s, b=b)
     impl = select("car_spatial_attention", (u, wc, s, b), backend).impls["car_spatial_attention"]
-    return impl(u, wc, s, b)
+    with ctx:
+        return impl(u, wc, s, b)
 
 
 def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -> Tensor:
@@ -115,6 +130,7 @@ def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -
         Tensor[N, C, D]. NaN propagates, as in ``torch.amax``: ``feat[n,c,k]`` is
         NaN when any of its P terms is (every backend; the gradient then goes to
         the first NaN position). Infinities take part in the max as values.
+    Under autocast ("promote"): f, sa, ca are cast to the widest of their dtypes.
     """
     _check(f.dim() == 3, f"car_pool: f must be (N, D, P), got shape {tuple(f.shape)}")
     N, D, P = f.shape
@@ -124,8 +140,11 @@ def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -
     _check(tuple(ca.shape) == (N, C, D),
            f"car_pool: ca must be ({N}, {C}, {D}) to match f and sa, got {tuple(ca.shape)}")
     _check(P >= 1, "car_pool: f has no spatial positions (P = 0)")
+    (f, sa, ca), ctx = _autocast_inputs("car_pool", (f, sa, ca), f.device.type)
     _same_device_dtype("car_pool", f=f, sa=sa, ca=ca)
-    return select("car_pool", (f, sa, ca), backend).impls["car_pool"](f, sa, ca)
+    impl = select("car_pool", (f, sa, ca), backend).impls["car_pool"]
+    with ctx:
+        return impl(f, sa, ca)
 
 
 def oe_boxes(sa: Tensor, alpha: float = 0.5, *, backend: str | None = None) -> Tensor:
@@ -139,6 +158,7 @@ def oe_boxes(sa: Tensor, alpha: float = 0.5, *, backend: str | None = None) -> T
         a row of -1 where the map is flat. A map holding a NaN or an infinity
         anywhere gets the row of -1 too (nothing erased), on every backend.
         No gradient.
+    Under autocast ("promote"): sa keeps its dtype.
     """
     _check(sa.dim() == 4, f"oe_boxes: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
     _check(sa.is_floating_point(), f"oe_boxes: sa must be floating point, got {sa.dtype}")
@@ -146,7 +166,10 @@ def oe_boxes(sa: Tensor, alpha: float = 0.5, *, backend: str | None = None) -> T
            f"oe_boxes: sa must have H, W >= 1 (a map with positions), got shape {tuple(sa.shape)}")
     _check(0.0 < float(alpha) <= 1.0, f"oe_boxes: alpha must be in (0, 1], got {alpha}")
     sa = sa.detach()
-    return select("oe_boxes", (sa,), backend).impls["oe_boxes"](sa, float(alpha))
+    (sa,), ctx = _autocast_inputs("oe_boxes", (sa,), sa.device.type)
+    impl = select("oe_boxes", (sa,), backend).impls["oe_boxes"]
+    with ctx:
+        return impl(sa, float(alpha))
 
 
 def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor:
@@ -156,6 +179,7 @@ def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor
         sa (Tensor[N, K, H, W]), boxes (int64 Tensor[N, K, 4]).
     Returns:
         Tensor[N, K, H, W]; gradients flow to ``sa`` outside the boxes.
+    Under autocast ("promote"): sa keeps its dtype.
     """
     _check(sa.dim() == 4, f"oe_erase: sa must be (N, K, H, W), got shape {tuple(sa.shape)}")
     _check(sa.is_floating_point(), f"oe_erase: sa must be floating point, got {sa.dtype}")
@@ -163,7 +187,10 @@ def oe_erase(sa: Tensor, boxes: Tensor, *, backend: str | None = None) -> Tensor
            f"oe_erase: boxes must be ({sa.shape[0]}, {sa.shape[1]}, 4) to match sa, got {tuple(boxes.shape)}")
     _check(boxes.dtype == torch.int64, f"oe_erase: boxes must be int64, got {boxes.dtype}")
     _check(boxes.device == sa.device, f"oe_erase: boxes on {boxes.device} but sa on {sa.device}")
-    return select("oe_erase", (sa, boxes), backend).impls["oe_erase"](sa, boxes)
+    (sa, boxes), ctx = _autocast_inputs("oe_erase", (sa, boxes), sa.device.type)
+    impl = select("oe_erase", (sa, boxes), backend).impls["oe_erase"]
+    with ctx:
+        return impl(sa, boxes)
 
 
 def second_order_pool(x: Tensor, *, backend: str | None = None) -> Tensor:
@@ -175,11 +202,15 @@ def second_order_pool(x: Tensor, *, backend: str | None = None) -> Tensor:
         x (Tensor[N, D, P]).
     Returns:
         Tensor[N, D, D]
+    Under autocast ("promote", as ``torch.cov``): x keeps its dtype.
     """
     _check(x.dim() == 3, f"second_order_pool: x must be (N, D, P), got shape {tuple(x.shape)}")
     _check(x.shape[2] >= 1, "second_order_pool: x has no spatial positions (P = 0)")
+    (x,), ctx = _autocast_inputs("second_order_pool", (x,), x.device.type)
     _same_device_dtype("second_order_pool", x=x)
-    return select("second_order_pool", (x,), backend).impls["second_order_pool"](x)
+    impl = select("second_order_pool", (x,), backend).impls["second_order_pool"]
+    with ctx:
+        return impl(x)
 
 
 def multi_perspective_cosine(v: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
@@ -191,11 +222,15 @@ def multi_perspective_cosine(v: Tensor, w: Tensor, *, backend: str | None = None
         v (Tensor[N, C, D]): category features; w (Tensor[K, D]): perspective weights.
     Returns:
         Tensor[N, C, C]
+    Under autocast ("fp32", as ``cosine_similarity``): v and w are cast to float32.
     """
     _check(v.dim() == 3, f"multi_perspective_cosine: v must be (N, C, D), got shape {tuple(v.shape)}")
     _check(w.dim() == 2 and w.shape[1] == v.shape[2],
            f"multi_perspective_cosine: w must be (K, {v.shape[2]}) to match v {tuple(v.shape)}, got {tuple(w.shape)}")
     _check(w.shape[0] >= 1, "multi_perspective_cosine: w has no perspectives (K = 0)")
+    (v, w), ctx = _autocast_inputs("multi_perspective_cosine", (v, w), v.device.type)
     _same_device_dtype("multi_perspective_cosine", v=v, w=w)
-    return select("multi_perspective_cosine", (v, w), backend).impls["multi_perspective_cosine"](v, w)
+    impl = select("multi_perspective_cosine", (v, w), backend).impls["multi_perspective_cosine"]
+    with ctx:
+        return impl(v, w)
 

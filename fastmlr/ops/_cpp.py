@@ -27,6 +27,7 @@ except ImportError as e:
         "build it with `pip install --no-build-isolation -e .` in the repository"
     ) from e
 
+from ._autocast import register_for_library
 from ._dispatch import Backend, register_backend
 
 _ops = torch.ops.fastmlr
@@ -106,6 +107,12 @@ def _erase_backward(ctx, grad):
 
 
 torch.library.register_autograd("fastmlr::oe_erase", _erase_backward, setup_context=_erase_setup)
+
+
+# --- autocast: the rule of fastmlr/ops/_autocast.py, for callers of torch.ops.fastmlr.* -------
+
+_AUTOCAST_LIB = torch.library.Library("fastmlr", "IMPL")
+register_for_library(_AUTOCAST_LIB, ["car_spatial_attention", "car_pool", "oe_boxes", "oe_erase"])
 
 
 # --- the backend -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ probed first and the runner refuses to start without one.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -32,46 +34,123 @@ def _check(result, what: str):
     return values[0] if len(values) == 1 else (tuple(values) or None)
 
 
+# The optimisation profile every engine of fastmlr.deploy.trt has, and the one the runner selects.
+PROFILE = 0
+
+
+def check_engine(engine, trt, path: str, sidecar: dict) -> tuple[int, int]:
+    """Check the engine's I/O against the artefact contract and its sidecar; return profile 0's (min, max) batch.
+
+    One input :data:`INPUT_NAME` float32 ``[N, 3, S, S]``, outputs :data:`OUTPUT_NAMES`
+    float32 ``[N, C]``, with S and C the sidecar's image size and class count.
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    if inputs != [INPUT_NAME]:
+        raise RuntimeError(f"{path}: expected one input {INPUT_NAME!r}, found {inputs}")
+    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    if missing:
+        raise RuntimeError(f"{path}: engine lacks outputs {missing} (has {names})")
+    S, C = int(sidecar["image_size"]), len(sidecar["class_names"])
+    want = {INPUT_NAME: (3, S, S), **{n: (C,) for n in OUTPUT_NAMES}}
+    for name, tail in want.items():
+        dtype = engine.get_tensor_dtype(name)
+        if dtype != trt.DataType.FLOAT:
+            raise RuntimeError(f"{path}: tensor {name!r} is {dtype} in the engine; the contract (and the sidecar) "
+                               f"say float32")
+        shape = tuple(engine.get_tensor_shape(name))
+        if len(shape) != 1 + len(tail) or shape[1:] != tail:
+            raise RuntimeError(f"{path}: tensor {name!r} has shape {shape} in the engine; its sidecar says "
+                               f"(N, {', '.join(map(str, tail))})")
+    if engine.num_optimization_profiles < 1:
+        raise RuntimeError(f"{path}: the engine has no optimisation profile")
+    lo, _opt, hi = (tuple(d) for d in engine.get_tensor_profile_shape(INPUT_NAME, PROFILE))
+    return int(lo[0]), int(hi[0])
+
+
+def check_batch(path: str, shape: tuple, batch: tuple[int, int]) -> None:
+    """Refuse, before TensorRT is called, an input batch outside the engine's profile."""
+    lo, hi = batch
+    if not lo <= int(shape[0]) <= hi:
+        raise ValueError(f"{path}: input {INPUT_NAME!r} batch {shape[0]} is outside the engine's optimisation "
+                         f"profile {PROFILE} (batch {lo}..{hi}); split the images or rebuild with --max-batch")
+
+
+def set_input_shape(context, name: str, shape: tuple) -> None:
+    if not context.set_input_shape(name, tuple(shape)):
+        raise RuntimeError(f"TensorRT refused shape {tuple(shape)} for input {name!r} (optimisation profile {PROFILE})")
+
+
+def set_tensor_address(context, name: str, ptr: int) -> None:
+    if not context.set_tensor_address(name, int(ptr)):
+        raise RuntimeError(f"TensorRT refused the device address of tensor {name!r} (optimisation profile {PROFILE})")
+
+
+def output_shape(context, name: str) -> tuple:
+    shape = tuple(context.get_tensor_shape(name))
+    if any(int(d) < 0 for d in shape):
+        raise RuntimeError(f"TensorRT left output {name!r} with an unresolved shape {shape} "
+                           f"(optimisation profile {PROFILE})")
+    return shape
+
+
 class _TorchIO:
     def __init__(self, device):
         self.device = torch.device(device or "cuda")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def guard(self):
+        """Everything on the runner's GPU (cuda:N), not on whichever device is current."""
+        return torch.cuda.device(self.device)
 
     def run(self, context, x: torch.Tensor, in_name: str, out_names: list[str]):
-        x = x.to(self.device, torch.float32).contiguous()
-        context.set_input_shape(in_name, tuple(x.shape))
-        context.set_tensor_address(in_name, x.data_ptr())
-        outs = {}
-        for name in out_names:
-            outs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device=self.device)
-            context.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        stream.synchronize()
+        with self.guard():
+            x = x.to(self.device, torch.float32).contiguous()
+            set_input_shape(context, in_name, tuple(x.shape))
+            set_tensor_address(context, in_name, x.data_ptr())
+            outs = {}
+            for name in out_names:
+                outs[name] = torch.empty(output_shape(context, name), dtype=torch.float32, device=self.device)
+                set_tensor_address(context, name, outs[name].data_ptr())
+            stream = torch.cuda.current_stream(self.device)
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            stream.synchronize()
         return [outs[n] for n in out_names]
 
 
 class _CudaPythonIO:
     """Device buffers and copies through cuda-python's runtime API (``cuda.bindings.runtime``)."""
 
-    def __init__(self):
+    def __init__(self, device=None):
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
             from cuda import cudart
         self.cudart = cudart
-        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.index = torch.device(device).index if device is not None else None
+        with self.guard():
+            self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+
+    def guard(self):
+        """Make cuda:N current (cudaSetDevice) for what follows, when a device index was given."""
+        if self.index is not None:
+            _check(self.cudart.cudaSetDevice(self.index), f"cudaSetDevice({self.index})")
+        return contextlib.nullcontext()
 
     def run(self, context, x: torch.Tensor, in_name: str, out_names: list[str]):
         rt = self.cudart
         host_in = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        context.set_input_shape(in_name, tuple(host_in.shape))
-        hosts = {n: np.empty(tuple(context.get_tensor_shape(n)), dtype=np.float32) for n in out_names}
+        self.guard()
+        set_input_shape(context, in_name, tuple(host_in.shape))
+        hosts = {n: np.empty(output_shape(context, n), dtype=np.float32) for n in out_names}
         ptrs = {}
         try:
             for name, arr in [(in_name, host_in), *hosts.items()]:
                 ptrs[name] = _check(rt.cudaMalloc(arr.nbytes), "cudaMalloc")
-                context.set_tensor_address(name, int(ptrs[name]))
+                set_tensor_address(context, name, int(ptrs[name]))
             H2D, D2H = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
             _check(rt.cudaMemcpyAsync(ptrs[in_name], host_in.ctypes.data, host_in.nbytes, H2D, self.stream), "copy in")
             if not context.execute_async_v3(int(self.stream)):
@@ -96,11 +175,11 @@ class _PyCudaIO:
     def run(self, context, x: torch.Tensor, in_name: str, out_names: list[str]):
         cuda = self.cuda
         host_in = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        context.set_input_shape(in_name, tuple(host_in.shape))
-        hosts = {n: np.empty(tuple(context.get_tensor_shape(n)), dtype=np.float32) for n in out_names}
+        set_input_shape(context, in_name, tuple(host_in.shape))
+        hosts = {n: np.empty(output_shape(context, n), dtype=np.float32) for n in out_names}
         bufs = {name: cuda.mem_alloc(arr.nbytes) for name, arr in [(in_name, host_in), *hosts.items()]}
         for name, buf in bufs.items():
-            context.set_tensor_address(name, int(buf))
+            set_tensor_address(context, name, int(buf))
         cuda.memcpy_htod_async(bufs[in_name], host_in, self.stream)
         if not context.execute_async_v3(self.stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
@@ -123,24 +202,22 @@ class TensorRTRunner(Runner):
             raise RuntimeError(f"cannot run TensorRT engine {path}: {e}. Use the ONNX graph on this machine.") from e
         if io is None:
             io = "torch" if torch.cuda.is_available() else "cuda-python"
-        self._io = {"torch": lambda: _TorchIO(device), "cuda-python": _CudaPythonIO, "pycuda": _PyCudaIO}[io]()
+        self._io = {"torch": lambda: _TorchIO(device), "cuda-python": lambda: _CudaPythonIO(device),
+                    "pycuda": _PyCudaIO}[io]()
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        with open(path, "rb") as fh:
-            self.engine = self._runtime.deserialize_cuda_engine(fh.read())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path} (built by another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME]:
-            raise RuntimeError(f"{path}: expected one input {INPUT_NAME!r}, found {inputs}")
+        guard = getattr(self._io, "guard", contextlib.nullcontext)
+        with guard():  # the engine's memory and the context live on the runner's GPU
+            self._runtime = trt.Runtime(self._logger)
+            with open(path, "rb") as fh:
+                self.engine = self._runtime.deserialize_cuda_engine(fh.read())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {path} (built by another TensorRT version or GPU?)")
+            self._batch = check_engine(self.engine, trt, path, sidecar)
+            self.context = self.engine.create_execution_context()
         self._outputs = list(OUTPUT_NAMES)
-        missing = [n for n in self._outputs if n not in names]
-        if missing:
-            raise RuntimeError(f"{path}: engine lacks outputs {missing} (has {names})")
         self.provider = f"tensorrt:{io}"
 
     def run(self, x: torch.Tensor):
+        check_batch(self.path, tuple(x.shape), self._batch)
         logits, probs = self._io.run(self.context, x, INPUT_NAME, self._outputs)
         return logits, probs
