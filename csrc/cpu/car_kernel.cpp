@@ -174,7 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> car_spatial_attention
 // feat[k] = max_p hf[p, k] (sa[p] + ca[k]) for k < K of one (n, c), with hf
 // the [P, D] transpose of 0.5 f[n] (row stride ld) so that k is contiguous;
 // arg = first maximising p. hf holds 0.5 f rounded once, as the reference
-// rounds it before the product.
+// rounds it before the product. NaN propagates (as torch.amax): the first NaN
+// term wins and stays.
 template <typename T>
 FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa, const T* __restrict__ ca, int64_t P,
                               int64_t K, int64_t ld, T* __restrict__ best, int32_t* __restrict__ arg) {
@@ -190,7 +191,8 @@ FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa
       const T v = fp[k] * (sp + ca[k]);
       const T b = best[k];
       const int32_t a = arg[k];
-      const bool gt = v > b;  // strict: the first p wins ties
+      // strict: the first p wins ties; v != v: a NaN replaces a number, never another NaN
+      const bool gt = v > b || (v != v && b == b);
       // Both stores unconditional (a select, not a masked store, which is slow on some x86 CPUs).
       best[k] = gt ? v : b;
       arg[k] = a ^ ((a ^ pi) & -static_cast<int32_t>(gt));
