@@ -4,9 +4,16 @@
 // csrc/cuda/*.cu (CUDA). Fake (meta) kernels and autograd are registered in
 // Python, fastmlr/ops/_cpp.py. What each op computes: docs/srdl.md and
 // fastmlr/ops/reference.py.
+//
+// Built twice: as the Python extension fastmlr._C (setup.py), and with
+// FASTMLR_OPS_NO_PYTHON as the plain shared library libfastmlr_ops that
+// export/cpp links into C++ programs (no Python symbols).
+#ifndef FASTMLR_OPS_NO_PYTHON
 #include <Python.h>
+#endif
 #include <torch/library.h>
 
+#ifndef FASTMLR_OPS_NO_PYTHON
 extern "C" {
 // `import fastmlr._C` only has to load this library so that the static
 // TORCH_LIBRARY initialisers below and in the kernel files run.
@@ -32,6 +39,7 @@ PyObject* PyInit__C(void) {
   return module;
 }
 }
+#endif
 
 TORCH_LIBRARY(fastmlr, m) {
   // SRDL eq. 5: SA[n,c,p] = sigmoid(b + sum_k s[k] tanh(u[n,p,k] wc[c,k])).
@@ -52,4 +60,7 @@ TORCH_LIBRARY(fastmlr, m) {
   m.def("oe_boxes(Tensor sa, float alpha) -> Tensor");
   // sa with each box set to 0; also its own backward (applied to the gradient).
   m.def("oe_erase(Tensor sa, Tensor boxes) -> Tensor");
+  // The CPU kernels' float32 tanh (car_math.h tanh_fast), elementwise over a
+  // float32 CPU tensor: what tests measure its error bound on.
+  m.def("tanh_fast(Tensor x) -> Tensor");
 }

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointMismatch
-from .deploy.aoti import export_aoti, verify_aoti
+from .deploy.aoti import AOTI_OPS, default_aoti_ops, export_aoti, verify_aoti
 from .deploy.contract import make_sidecar, sidecar_path
 from .deploy.graph import check_batch_range
 from .deploy.fp16 import format_report as fp16_lines
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     shp.add_argument("--max-batch", type=int, default=16)
     o = p.add_argument_group("options")
     o.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    o.add_argument("--aoti-ops", choices=AOTI_OPS, default=None,
+                   help="fused ops in the AOTInductor package: cpp (fastmlr's kernels, as fastmlr:: custom ops; "
+                        "the default where fastmlr._C is built) or reference (ATen ops only)")
     o.add_argument("--threshold", type=float, default=0.5, help="decision threshold written to the sidecar")
     o.add_argument("--single-threshold", action="store_true",
                    help="leave the checkpoint's per-class thresholds out of the sidecars (--threshold for every class)")
@@ -223,8 +226,8 @@ def run(args) -> int:
         reports.append(rep)
         print(format_report(rep), flush=True)
     if args.aoti:
-        step("AOTInductor package", export_aoti, model, args.aoti, size, max_batch=args.max_batch,
-             min_batch=args.min_batch, sidecar=side)
+        step(f"AOTInductor package ({args.aoti_ops or default_aoti_ops()} ops)", export_aoti, model, args.aoti, size,
+             max_batch=args.max_batch, min_batch=args.min_batch, sidecar=side, aoti_ops=args.aoti_ops)
         if verify:
             reports.append(verify_aoti(args.aoti, model, size, real=real, max_batch=args.max_batch))
             print(format_report(reports[-1]), flush=True)

@@ -193,6 +193,13 @@ def test_probabilities_match_python_runtime(build, artefact, images):
     rows = _classify_json(build, artefact, paths)
     cpp = torch.tensor([r["probs"] for r in rows])
     assert cpp.shape == (len(PARITY), 3)
+    # The export CLI's default package calls fastmlr's kernels where fastmlr._C is built: the C++
+    # program runs them through the ops library it links.
+    from fastmlr import ops
+    from fastmlr.runtime.aoti import package_custom_ops
+
+    expected = ["fastmlr::car_pool", "fastmlr::car_spatial_attention"] if "cpp" in ops.available_backends() else []
+    assert package_custom_ops(artefact) == expected
     # Both sides read the files themselves: EXIF orientation, 16-bit scaling and alpha alike.
     py = runtime.load(artefact).predict(paths)
     diff = (cpp - py).abs().amax(dim=1)

@@ -30,6 +30,7 @@ from fastmlr.models import create_model
 
 SIZE = 64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPP_BUILD = os.environ.get("FASTMLR_CPP_TEST_BUILD", os.path.join(ROOT, "build", "cpp-service-test"))
 
 
 # -- fixtures: one small trained SRDL model and its ONNX graphs, shared by the file -------------------------
@@ -502,6 +503,72 @@ def test_aoti_package_matches_pytorch(model, aoti_package):
     assert deploy.verify_aoti(aoti_package, model, SIZE, real=x)["ok"]
 
 
+CAR_OPS = ["fastmlr::car_pool", "fastmlr::car_spatial_attention"]
+
+
+@pytest.mark.slow
+def test_aoti_package_calls_the_cpp_ops_by_default_where_they_are_built(aoti_package):
+    from fastmlr.deploy.aoti import cpp_ops_unavailable
+    from fastmlr.runtime.aoti import package_custom_ops
+
+    side = json.loads(open(aoti_package + ".json").read())
+    if cpp_ops_unavailable() is not None:
+        assert side["aoti_ops"] == "reference" and package_custom_ops(aoti_package) == []
+        pytest.skip(f"fastmlr._C is not built: {cpp_ops_unavailable()}")
+    assert side["aoti_ops"] == "cpp" and side["custom_ops"] == CAR_OPS
+    # What the package's own files call, read from the zip (not from the sidecar).
+    assert package_custom_ops(aoti_package) == CAR_OPS
+
+
+@pytest.mark.slow
+def test_aoti_programs_hold_fastmlr_ops_with_cpp_and_none_with_reference(model):
+    from fastmlr.deploy.aoti import cpp_ops_unavailable, export_program, graph_custom_ops
+
+    ep, used = export_program(model, SIZE, aoti_ops="reference", max_batch=4)
+    assert used == "reference" and graph_custom_ops(ep) == []
+    assert not any(str(n.target).startswith("fastmlr") for n in ep.graph.nodes)
+    if cpp_ops_unavailable() is not None:
+        with pytest.raises(ValueError, match="--aoti-ops cpp needs fastmlr's compiled ops"):
+            export_program(model, SIZE, aoti_ops="cpp", max_batch=4)
+        return
+    ep, used = export_program(model, SIZE, aoti_ops="cpp", max_batch=4)
+    assert used == "cpp" and graph_custom_ops(ep) == CAR_OPS
+    x = _val_images(3)
+    with torch.no_grad():
+        logits, probs = ep.module()(x)
+    assert (probs - _torch_probs(model, x)).abs().max() <= 1e-4
+
+
+def test_cli_aoti_ops_flag_reaches_the_builder(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(ex, "export_aoti", lambda model, path, size, **kw: seen.append(kw["aoti_ops"]) or path)
+    base = ["--model", "srdl", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32", "--no-verify",
+            "--aoti", str(tmp_path / "m.pt2")]
+    assert ex.main(base + ["--aoti-ops", "reference"]) == 0
+    assert ex.main(base) == 0  # None: the builder's default (cpp where fastmlr._C is built)
+    assert seen == ["reference", None]
+    with pytest.raises(SystemExit):
+        ex.build_parser().parse_args(base + ["--aoti-ops", "triton"])
+
+
+@pytest.mark.slow
+def test_runtime_names_the_missing_ops_library(aoti_package, monkeypatch):
+    from fastmlr.deploy.aoti import cpp_ops_unavailable
+    from fastmlr.runtime.aoti import OpsLibraryMissing, package_needs_ops
+
+    if cpp_ops_unavailable() is not None:
+        pytest.skip("the default package holds no fastmlr:: ops without fastmlr._C")
+    side = json.loads(open(aoti_package + ".json").read())
+    assert package_needs_ops(aoti_package, side) and package_needs_ops(aoti_package)  # sidecar, and package files
+    assert not package_needs_ops(aoti_package, {**side, "aoti_ops": "reference", "custom_ops": []})
+    monkeypatch.setitem(sys.modules, "fastmlr._C", None)  # as if the extension were not built
+    with pytest.raises(OpsLibraryMissing) as err:
+        runtime.load(aoti_package)
+    msg = str(err.value)
+    assert "\n" not in msg and aoti_package in msg
+    assert "needs fastmlr's ops library" in msg and "re-export with --aoti-ops reference" in msg
+
+
 def _write_ppm(path, arr: np.ndarray):
     h, w = arr.shape[:2]
     magic = b"P6" if arr.ndim == 3 else b"P5"
@@ -513,14 +580,16 @@ def _write_ppm(path, arr: np.ndarray):
 def test_cpp_program_matches_python(model, aoti_package, tmp_path):
     if shutil.which("cmake") is None or shutil.which("g++") is None:
         pytest.skip("cmake and g++ are needed to build export/cpp")
-    build = tmp_path / "build"
+    # The build folder tests/test_cpp_service.py keeps too: a rebuild only recompiles what changed.
+    build = CPP_BUILD
     cfg = subprocess.run(["cmake", "-S", os.path.join(ROOT, "export", "cpp"), "-B", str(build),
                           f"-DPython3_EXECUTABLE={sys.executable}"], capture_output=True, text=True)
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     assert "TensorRT not found" in cfg.stdout or "TensorRT found" in cfg.stdout
     b = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
-    exe = str(build / "fastmlr_classify")
+    exe = os.path.join(build, "fastmlr_classify")
+    assert "building the fastmlr:: CPU ops" in cfg.stdout, cfg.stdout
 
     ds = FashionMosaics("val", num_images=3, image_size=SIZE, seed=1)
     rgb = np.stack([ds.render(0)] * 3, axis=-1)  # 56 x 56 RGB: the C++ program resizes it to 64
@@ -536,6 +605,10 @@ def test_cpp_program_matches_python(model, aoti_package, tmp_path):
     rows = [json.loads(line) for line in run.stdout.splitlines()]
     cpp = torch.tensor([r["probs"] for r in rows])
     assert cpp.shape == (5, 10)
+    # The package runs fastmlr's own kernels in C++ where they are built (the ops library linked in).
+    from fastmlr.runtime.aoti import package_custom_ops
+
+    assert package_custom_ops(aoti_package) == (CAR_OPS if "cpp" in ops.available_backends("cpu") else [])
     # Python: PIL images through the runtime's preprocessing (Pillow's resize), and the raw tensors.
     from PIL import Image
 

@@ -224,3 +224,62 @@ def test_dispatch_error_lists_backends():
     assert "car_spatial_attention on cpu supports float32, float64, got float16" in msg
     assert "  cpp:" in msg and "  reference:" in msg
     assert "cpp" in ops.available_backends("cpu")
+
+
+# ---------------------------------------------------------------- the CPU kernels' float32 tanh
+
+# The bound csrc/car_math.h states for tanh_fast (float32, on the CPU).
+TANH_ABS_BOUND = 4e-7
+TANH_REL_BOUND_BELOW_1 = 3e-7
+
+
+def _tanh_error(x: torch.Tensor):
+    got = OPS.tanh_fast(x).double()
+    want = torch.from_numpy(__import__("numpy").tanh(x.double().numpy()))
+    return got, want
+
+
+def test_tanh_fast_error_bound_on_a_dense_grid():
+    # Every float32 in [-1, 1] with a step of 2^-21, then a dense grid out to |x| = 12 (past the
+    # clamp at 9), in chunks that reach every vector lane and the scalar tail.
+    dense = torch.arange(-2**21, 2**21 + 1, dtype=torch.float64) / 2**21
+    wide = torch.linspace(-12.0, 12.0, 4_000_001, dtype=torch.float64)
+    for grid in (dense, wide):
+        x = grid.float()
+        got, want = _tanh_error(x)
+        err = (got - want).abs()
+        assert err.max().item() <= TANH_ABS_BOUND, (err.max().item(), x[err.argmax()].item())
+        small = x.abs() < 1
+        rel = err[small] / want[small].abs().clamp_min(1e-300)
+        rel = rel[x[small] != 0]
+        assert rel.max().item() <= TANH_REL_BOUND_BELOW_1, (rel.max().item(),)
+
+
+def test_tanh_fast_odd_and_bounded_and_exact_at_the_ends():
+    x = torch.linspace(0, 20, 100_003, dtype=torch.float32)
+    pos, neg = OPS.tanh_fast(x), OPS.tanh_fast(-x)
+    assert torch.equal(neg, -pos)  # odd, to the bit
+    assert pos.abs().max().item() <= 1.0  # so that 1 - t^2 in the backward is never negative
+    assert (pos >= 0).all()
+    big = torch.tensor([9.0, 15.0, 88.0, 1e30, 3.4e38], dtype=torch.float32)
+    assert (OPS.tanh_fast(big) - 1).abs().max().item() <= TANH_ABS_BOUND
+
+
+def test_tanh_fast_tiny_subnormal_inf_and_nan():
+    tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754942e-38, 1e-20, -3e-8, 1e-4], dtype=torch.float32)
+    got = OPS.tanh_fast(tiny)
+    # tanh(x) = x in float for |x| < 2^-12: returned exactly, subnormals and the sign of zero kept.
+    assert torch.equal(got, tiny)
+    assert torch.equal(torch.signbit(got), torch.signbit(tiny))
+    special = OPS.tanh_fast(torch.tensor([float("inf"), float("-inf"), float("nan")], dtype=torch.float32))
+    assert special[0].item() == pytest.approx(1.0, abs=TANH_ABS_BOUND)
+    assert special[1].item() == pytest.approx(-1.0, abs=TANH_ABS_BOUND)
+    assert torch.isnan(special[2])
+
+
+def test_tanh_fast_inside_car_spatial_attention_is_the_float32_tolerance():
+    # The fused reduction over D = 2048 with this tanh, against the float64 reference.
+    u, wc, s, b, _, _ = _car_inputs(1, 8, 9, 2048, torch.float64, seed=3)
+    want = reference.car_spatial_attention_ref(u, wc, s, b)
+    got = OPS.car_spatial_attention(u.float(), wc.float(), s.float(), b.float())
+    _close(got, want, torch.float32, "car_spatial_attention, D = 2048")

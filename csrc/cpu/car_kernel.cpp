@@ -19,32 +19,56 @@
 namespace fastmlr {
 namespace {
 
-// Lane-wise sum: independent partial sums let the loop vectorise without
-// -ffast-math (which would be needed to reorder a single running sum).
+// Width of the partial sums of the reductions over D: independent lanes let
+// the loops vectorise without -ffast-math (which would be needed to reorder a
+// single running sum). 16 floats = one AVX-512 or two AVX2 registers.
+constexpr int kLanes = 16;
+
 template <typename T>
-inline T lane_sum(const T* x, int64_t n) {
-  constexpr int kLanes = 16;
-  T acc[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[k + j];
-  }
-  T tail = 0;
-  for (; k < n; ++k) tail += x[k];
+inline T sum_lanes(T* acc) {
   for (int w = kLanes / 2; w > 0; w /= 2) {
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   }
-  return acc[0] + tail;
+  return acc[0];
 }
 
-// out[c * P] = sigmoid(b + sum_k s[k] tanh(u[k] wc[c, k])) for one (n, p) row u.
+// out[c * P] = sigmoid(b + sum_k s[k] tanh(u[k] wc[c, k])) for one (n, p) row
+// u. The tanh is evaluated inside the reduction (nothing is stored), for two
+// categories per pass over u and s: two independent chains of vector work
+// and half the loads of u and s.
 template <typename T>
 FMLR_CPU_CLONES void sa_forward_row(const T* __restrict__ u, const T* __restrict__ wc, const T* __restrict__ s, T b,
-                                    int64_t C, int64_t D, int64_t P, T* __restrict__ out, T* __restrict__ tmp) {
-  for (int64_t c = 0; c < C; ++c) {
+                                    int64_t C, int64_t D, int64_t P, T* __restrict__ out) {
+  int64_t c = 0;
+  for (; c + 2 <= C; c += 2) {
+    const T* w0 = wc + c * D;
+    const T* w1 = w0 + D;
+    T a0[kLanes] = {}, a1[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= D; k += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        a0[j] += s[k + j] * tanh_fast(u[k + j] * w0[k + j]);
+        a1[j] += s[k + j] * tanh_fast(u[k + j] * w1[k + j]);
+      }
+    }
+    T t0 = 0, t1 = 0;
+    for (; k < D; ++k) {
+      t0 += s[k] * tanh_fast(u[k] * w0[k]);
+      t1 += s[k] * tanh_fast(u[k] * w1[k]);
+    }
+    out[c * P] = sigmoid(b + (sum_lanes(a0) + t0));
+    out[(c + 1) * P] = sigmoid(b + (sum_lanes(a1) + t1));
+  }
+  for (; c < C; ++c) {
     const T* w = wc + c * D;
-    for (int64_t k = 0; k < D; ++k) tmp[k] = s[k] * tanh_fast(u[k] * w[k]);
-    out[c * P] = sigmoid(b + lane_sum(tmp, D));
+    T a[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= D; k += kLanes) {
+      for (int j = 0; j < kLanes; ++j) a[j] += s[k + j] * tanh_fast(u[k + j] * w[k + j]);
+    }
+    T t = 0;
+    for (; k < D; ++k) t += s[k] * tanh_fast(u[k] * w[k]);
+    out[c * P] = sigmoid(b + (sum_lanes(a) + t));
   }
 }
 
@@ -87,10 +111,9 @@ at::Tensor car_spatial_attention_cpu(const at::Tensor& u_, const at::Tensor& wc_
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     // Grain: a few rows per task; each row is C x D tanh evaluations.
     at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> tmp(std::max<int64_t>(D, 1));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / P, p = r % P;
-        sa_forward_row<scalar_t>(up + r * D, wp, sp, b, C, D, P, op + n * C * P + p, tmp.data());
+        sa_forward_row<scalar_t>(up + r * D, wp, sp, b, C, D, P, op + n * C * P + p);
       }
     });
   });
@@ -148,54 +171,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> car_spatial_attention
   return {du, dwc, ds, db};
 }
 
-// feat[k] = max_p (0.5 f[p, k]) (sa[p] + ca[k]) for one (n, c), with ft the
-// [P, D] transpose of f[n] so that k is contiguous; idx = first maximising p.
-// NaN propagates (as torch.amax): the first NaN term wins and stays.
+// feat[k] = max_p hf[p, k] (sa[p] + ca[k]) for k < K of one (n, c), with hf
+// the [P, D] transpose of 0.5 f[n] (row stride ld) so that k is contiguous;
+// arg = first maximising p. hf holds 0.5 f rounded once, as the reference
+// rounds it before the product. NaN propagates (as torch.amax): the first NaN
+// term wins and stays.
 template <typename T>
-FMLR_CPU_CLONES void pool_row(const T* __restrict__ ft, const T* __restrict__ sa, const T* __restrict__ ca, int64_t P,
-                              int64_t D, T* __restrict__ best, int32_t* __restrict__ arg) {
-  for (int64_t k = 0; k < D; ++k) {
-    best[k] = (T(0.5) * ft[k]) * (sa[0] + ca[k]);
+FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa, const T* __restrict__ ca, int64_t P,
+                              int64_t K, int64_t ld, T* __restrict__ best, int32_t* __restrict__ arg) {
+  for (int64_t k = 0; k < K; ++k) {
+    best[k] = hf[k] * (sa[0] + ca[k]);
     arg[k] = 0;
   }
   for (int64_t p = 1; p < P; ++p) {
-    const T* fp = ft + p * D;
+    const T* fp = hf + p * ld;
     const T sp = sa[p];
     const int32_t pi = static_cast<int32_t>(p);
-    for (int64_t k = 0; k < D; ++k) {
-      const T v = (T(0.5) * fp[k]) * (sp + ca[k]);
+    for (int64_t k = 0; k < K; ++k) {
+      const T v = fp[k] * (sp + ca[k]);
+      const T b = best[k];
+      const int32_t a = arg[k];
       // strict: the first p wins ties; v != v: a NaN replaces a number, never another NaN
-      const bool gt = v > best[k] || (v != v && best[k] == best[k]);
-      best[k] = gt ? v : best[k];
-      arg[k] = gt ? pi : arg[k];
+      const bool gt = v > b || (v != v && b == b);
+      // Both stores unconditional (a select, not a masked store, which is slow on some x86 CPUs).
+      best[k] = gt ? v : b;
+      arg[k] = a ^ ((a ^ pi) & -static_cast<int32_t>(gt));
     }
   }
 }
+
+// Columns of hf per pass: a [P, kPoolBlock] block of it (200 KB at P = 196)
+// stays in the L2 cache while every category of a task reads it.
+constexpr int64_t kPoolBlock = 256;
 
 std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_) {
   check_car_pool(f_, sa_, ca_);
   TORCH_CHECK(f_.device().is_cpu(), "car_pool: expected CPU tensors, got ", f_.device());
   const int64_t N = f_.size(0), D = f_.size(1), P = f_.size(2), C = sa_.size(1);
   TORCH_CHECK(P <= std::numeric_limits<int32_t>::max(), "car_pool: P = ", P, " exceeds the int32 range");
-  // f transposed to [N, P, D] (the size of f, never N x C x P x D).
-  const auto ft = f_.transpose(1, 2).contiguous();
+  // 0.5 f transposed to [N, P, D] (the size of f, never N x C x P x D).
+  const auto hf = (f_ * 0.5).transpose(1, 2).contiguous();
   const auto sa = sa_.contiguous();
   const auto ca = ca_.contiguous();
   auto feat = at::empty({N, C, D}, f_.options());
   auto idx = at::empty({N, C, D}, f_.options().dtype(at::kLong));
   if (feat.numel() == 0) return {feat, idx};
   AT_DISPATCH_FLOATING_TYPES(f_.scalar_type(), "car_pool_cpu", [&] {
-    const scalar_t* fp = ft.const_data_ptr<scalar_t>();
+    const scalar_t* fp = hf.const_data_ptr<scalar_t>();
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     const scalar_t* cp = ca.const_data_ptr<scalar_t>();
     scalar_t* op = feat.mutable_data_ptr<scalar_t>();
     int64_t* ip = idx.mutable_data_ptr<int64_t>();
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<int32_t> arg(D);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t n = r / C;
-        pool_row<scalar_t>(fp + n * P * D, sp + r * P, cp + r * D, P, D, op + r * D, arg.data());
-        for (int64_t k = 0; k < D; ++k) ip[r * D + k] = arg[k];
+      std::vector<int32_t> arg(std::min(D, kPoolBlock));
+      for (int64_t k0 = 0; k0 < D; k0 += kPoolBlock) {
+        const int64_t K = std::min(kPoolBlock, D - k0);
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / C;
+          pool_row<scalar_t>(fp + n * P * D + k0, sp + r * P, cp + r * D + k0, P, K, D, op + r * D + k0, arg.data());
+          for (int64_t k = 0; k < K; ++k) ip[r * D + k0 + k] = arg[k];
+        }
       }
     });
   });
@@ -260,9 +295,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> car_pool_backward_cpu(const at::T
   return {df, dsa, dca};
 }
 
+template <typename T>
+FMLR_CPU_CLONES void tanh_row(const T* __restrict__ x, int64_t n, T* __restrict__ y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = tanh_fast(x[i]);
+}
+
+at::Tensor tanh_fast_cpu(const at::Tensor& x_) {
+  TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == at::kFloat, "tanh_fast: expected a float32 CPU tensor, got ",
+              x_.scalar_type(), " on ", x_.device());
+  const auto x = x_.contiguous();
+  auto y = at::empty_like(x);
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    tanh_row<float>(xp + begin, end - begin, yp + begin);
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmlr, CPU, m) {
+  m.impl("tanh_fast", &tanh_fast_cpu);
   m.impl("car_spatial_attention", &car_spatial_attention_cpu);
   m.impl("car_spatial_attention_backward", &car_spatial_attention_backward_cpu);
   m.impl("car_pool", &car_pool_cpu);

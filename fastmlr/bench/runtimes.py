@@ -157,7 +157,8 @@ class AOTI(Runtime):
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti.pt2")
         export_aoti(model.cpu(), path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]))
         runner = _load_runner(path, device="cpu")
-        ctx["provider"] = runner.provider
+        # Which fused ops the package holds (fastmlr's kernels by default where fastmlr._C is built).
+        ctx["provider"] = f"{runner.provider}, {runner.sidecar.get('aoti_ops', 'reference')} ops"
         return runner.run
 
 

@@ -1,28 +1,96 @@
-"""AOTInductor: a ``.pt2`` package compiled ahead of time for the CPU, loadable from Python and C++, and its check."""
+"""AOTInductor: a ``.pt2`` package compiled ahead of time for the CPU, loadable from Python and C++, and its check.
+
+Which implementation of fastmlr's fused ops goes into the package (``aoti_ops``,
+recorded in the sidecar): "cpp" keeps them as calls of the ``fastmlr::`` custom
+ops, run by fastmlr's compiled kernels (``fastmlr._C`` in Python; the ops library
+that export/cpp builds and links in C++); "reference" decomposes them into ATen
+ops, so the package needs libtorch only. The default is "cpp" wherever
+``fastmlr._C`` is built.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import torch.nn as nn
 
+from .. import ops
 from ..files import check_replaceable, remove_stale_temps, replace_file, temp_path_for
 from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
-from .graph import EXPORT_BACKEND, InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
+from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
+from ..runtime.aoti import OPS_NAMESPACE, load_package, package_custom_ops
 from .verify import TOLERANCE, max_abs_diff, torch_probs
+
+AOTI_OPS = ("cpp", "reference")
+
+
+def cpp_ops_unavailable() -> str | None:
+    """None where fastmlr's compiled ops (``fastmlr._C``) load, else why not."""
+    for row in ops.backend_status("cpu"):
+        if row.name == "cpp":
+            return None if row.runs else row.reason
+    return "the cpp backend is unknown to fastmlr.ops"
+
+
+def default_aoti_ops() -> str:
+    """"cpp" where ``fastmlr._C`` is built, else "reference"."""
+    return "cpp" if cpp_ops_unavailable() is None else "reference"
+
+
+def graph_custom_ops(ep) -> list[str]:
+    """The ``fastmlr::`` ops an exported program calls, e.g. ``["fastmlr::car_pool"]``."""
+    names = set()
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            name = node.target.name()  # "fastmlr::car_pool" (overload "default" omitted)
+            if name.startswith(OPS_NAMESPACE):
+                names.add(name.split(".")[0])
+    return sorted(names)
+
+
+def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batch: int = 1, max_batch: int = 16):
+    """``torch.export`` of the model's inference graph with its fused ops on ``aoti_ops``; returns (program, ops used).
+
+    "cpp" keeps the ops that fastmlr's compiled kernels implement; a model whose
+    ops they do not all implement (AAMN's, MMDSR's) is traced on "reference",
+    which is then what it returns as the ops used.
+    """
+    if aoti_ops not in AOTI_OPS:
+        raise ValueError(f"--aoti-ops must be one of {', '.join(AOTI_OPS)}, got {aoti_ops!r}")
+    if aoti_ops == "cpp":
+        why = cpp_ops_unavailable()
+        if why is not None:
+            raise ValueError(f"--aoti-ops cpp needs fastmlr's compiled ops (fastmlr._C): {why}; "
+                             "build it, or use --aoti-ops reference")
+    x = example_images(image_size, 2)
+    dyn = {INPUT_NAME: {0: batch_dim(min_batch, max_batch)}}
+    graph = InferenceGraph(model, fp16=False).eval()
+    try:
+        with export_mode(model, aoti_ops), torch.no_grad(), quiet():
+            return torch.export.export(graph, (x,), dynamic_shapes=dyn), aoti_ops
+    except ops.BackendError as e:
+        if aoti_ops != "cpp":
+            raise
+        first = str(e).splitlines()[0]
+        print(f"aoti: the cpp ops cannot run all of {type(model).__name__}'s fused ops ({first}); "
+              "the package uses the reference ops", file=sys.stderr, flush=True)
+    with export_mode(model, "reference"), torch.no_grad(), quiet():
+        return torch.export.export(graph, (x,), dynamic_shapes=dyn), "reference"
 
 
 def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int = 16, sidecar: dict | None = None,
-                min_batch: int = 1, backend: str = EXPORT_BACKEND) -> str:
+                min_batch: int = 1, aoti_ops: str | None = None) -> str:
     """Compile ``model`` ahead of time with AOTInductor into a ``.pt2`` package at ``path``; returns ``path``.
 
     Same I/O as the ONNX graph (``images`` -> ``logits``, ``probs``), dynamic
     batch in [min_batch, max_batch]. Loadable from Python
     (``torch._inductor.aoti_load_package``, :func:`fastmlr.runtime.load`) and C++
-    (``torch::inductor::AOTIModelPackageLoader``, export/cpp). ``backend``:
-    the fused ops' implementation traced into the graph; "reference" needs only
-    libtorch, "cpp" keeps ``fastmlr::`` custom ops that the C++ program must link.
+    (``torch::inductor::AOTIModelPackageLoader``, export/cpp). ``aoti_ops``:
+    the fused ops' implementation in the package (module docstring); None is
+    :func:`default_aoti_ops`. The sidecar records it as ``"aoti_ops"`` and the
+    ``fastmlr::`` ops called as ``"custom_ops"``.
     """
     from torch._inductor import aoti_compile_and_package
 
@@ -30,12 +98,12 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     if not str(path).endswith(".pt2"):
         raise ValueError(f"--aoti: the package path must end in .pt2, got {path!r}")
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
-    x = example_images(image_size, 2)
-    with export_mode(model, backend), torch.no_grad(), quiet():
-        graph = InferenceGraph(model, fp16=False).eval()
-        ep = torch.export.export(graph, (x,), dynamic_shapes={INPUT_NAME: {0: batch_dim(min_batch, max_batch)}})
-        check_replaceable(path, "--aoti")
-        remove_stale_temps(path)
+    ep, used = export_program(model, image_size, aoti_ops=aoti_ops or default_aoti_ops(), min_batch=min_batch,
+                              max_batch=max_batch)
+    custom = graph_custom_ops(ep)
+    check_replaceable(path, "--aoti")
+    remove_stale_temps(path)
+    with torch.no_grad(), quiet():
         tmp = temp_path_for(path, suffix=".tmp.pt2")
         try:
             aoti_compile_and_package(ep, package_path=tmp)
@@ -43,7 +111,8 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    write_sidecar(path, side, artifact={"format": "aoti"}, precision="fp32", backend=backend,
+    write_sidecar(path, side, artifact={"format": "aoti"}, precision="fp32", backend=used, aoti_ops=used,
+                  custom_ops=custom,
                   batch={"min": min_batch, "opt": min_batch, "max": max_batch},
                   device="cpu", outputs_order=list(OUTPUT_NAMES))
     return path
@@ -51,10 +120,8 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
 
 def verify_aoti(path: str, model: nn.Module, image_size: int, *, real=None, max_batch: int = 16) -> dict:
     """Load the ``.pt2`` and compare its probabilities with PyTorch's (fp32 tolerance)."""
-    from torch._inductor import aoti_load_package
-
     rep = {"artifact": path, "kind": "aoti", "tolerance": TOLERANCE["fp32"]}
-    runner = aoti_load_package(path)
+    runner = load_package(path)
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if real is not None:
         sets["real"] = real[:max_batch]
@@ -68,4 +135,5 @@ def verify_aoti(path: str, model: nn.Module, image_size: int, *, real=None, max_
     return rep
 
 
-__all__ = ["export_aoti", "verify_aoti"]
+__all__ = ["AOTI_OPS", "export_aoti", "verify_aoti", "export_program", "default_aoti_ops", "cpp_ops_unavailable",
+           "graph_custom_ops", "package_custom_ops"]
