@@ -303,14 +303,16 @@ def _car_pool_fwd_kernel(
     C, D, P,
     stride_fn, stride_fk, stride_sn, stride_sc, stride_cn, stride_cc,
     ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, STORE_IDX: tl.constexpr,
 ):
     """feat[n,c,k] = max_p 0.5 f[n,k,p] (sa[n,c,p] + ca[n,c,k])  (SRDL eq. 6 then GMP, docs/srdl.md step 6).
 
     Each program keeps a running max and its position for a BLOCK_C x
     BLOCK_K tile of one image while walking p in BLOCK_P steps (f and sa are
     loaded along their contiguous P axis, ca along D). Ties go to the first
-    p. The position is stored for the backward. Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
+    p. The position is stored for the backward (``STORE_IDX``; inference
+    engines, which have no backward, leave it out and pass no idx buffer).
+    Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
     """
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -338,7 +340,8 @@ def _car_pool_fwd_kernel(
         best = tl.where(better, m, best)
         best_p = tl.where(better, i + p0, best_p)
     tl.store(out_ptr + ca_offs, best.to(out_ptr.dtype.element_ty), mask=mask_ck)
-    tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
+    if STORE_IDX:
+        tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
 
 
 @triton.jit
@@ -400,7 +403,7 @@ def car_pool_forward(f: torch.Tensor, sa: torch.Tensor, ca: torch.Tensor):
         _car_pool_fwd_kernel[grid](
             f, sa, ca, out, idx, C, D, P,
             f.stride(0), f.stride(1), sa.stride(0), sa.stride(1), ca.stride(0), ca.stride(1),
-            ACC=acc_dtype(f.dtype), **blocks,
+            ACC=acc_dtype(f.dtype), STORE_IDX=True, **blocks,
         )
     return out, idx
 
