@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -246,6 +247,50 @@ def test_fp16_kernels_load_half_precision(fake_plugins, monkeypatch):
         ptx = code.decode()
         assert "cvt.f32.f16" in ptx, op  # fp16 loads, upcast: fp32 arithmetic
         assert "cvt.rn.f16.f32" in ptx, op  # the output rounded to fp16
+
+
+def _interpreting() -> bool:
+    try:
+        import triton
+
+        return bool(triton.knobs.runtime.interpret)
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _interpreting(), reason="runs in the TRITON_INTERPRET=1 subprocess (test below)")
+@pytest.mark.parametrize("op", list(CONTRACT))
+def test_trt_entry_kernels_in_the_interpreter(op):
+    """Each plugin kernel launched as TensorRT launches it (inputs, the extra arguments, output; the grid;
+    the plugin's tile) computes the op: the argument order is right in meaning, not only in count."""
+    import triton.language as tl
+
+    from fastmlr.kernels import trt_entry
+
+    spec = tp.OPS[op]
+    tensors = _torch_inputs(op)
+    if op == "CarPool":
+        tensors[1] = tensors[1].sigmoid()
+    shapes = [tuple(t.shape) for t in tensors]
+    blocks, _ = tp.kernel_config(op, 90)
+    consts = dict(blocks, ACC=tl.float32)
+    consts.update({"CarSpatialAttention": dict(USE_LIBDEVICE=False), "CarPool": {},
+                   "SecondOrderPool": dict(USE_DOT=True),
+                   "MultiPerspectiveCosine": dict(USE_DOT=True, EPS=tp.MPC_EPS)}[op])
+    out = torch.full(tp.output_shape(op, shapes), float("nan"))
+    grid = tp.launch_grid(op, shapes, blocks, lambda a, b: -(-a // b))
+    getattr(trt_entry, spec.kernel)[grid](*tensors, *tp.kernel_scalars(op, shapes), out, **consts)
+    want = _run_op(op, [t.double() for t in _torch_inputs(op)])
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(_interpreting(), reason="this process runs the interpreter cases itself")
+@pytest.mark.slow
+def test_trt_entry_kernels_run_in_an_interpreter_subprocess(tmp_path):
+    from triton_interp import run_interpreter_subprocess
+
+    print(run_interpreter_subprocess([Path(__file__)], tmp_path, len(CONTRACT), set(),
+                                     select="test_trt_entry_kernels_in_the_interpreter"))
 
 
 def test_grid_covers_the_output_at_any_shape():
