@@ -20,13 +20,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fakes import fake_tensorrt
 
 from fastmlr import deploy, ops, runtime
 from fastmlr import export as ex
-from fastmlr.deploy import probe
 from fastmlr.data import FASHION_CLASSES, FashionMosaics
+from fastmlr.deploy import probe
 from fastmlr.models import create_model
-from fakes import fake_tensorrt
 
 SIZE = 64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

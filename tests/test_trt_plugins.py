@@ -23,11 +23,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fakes import fake_tensorrt, fake_tensorrt_plugin, symbolic_desc
 from onnx import TensorProto, helper
 
-from fakes import Expr, fake_tensorrt, fake_tensorrt_plugin, symbolic_desc
 from fastmlr import ops
-from fastmlr.deploy import probe, trt_plugins as tp
+from fastmlr.deploy import probe
+from fastmlr.deploy import trt_plugins as tp
 from fastmlr.deploy.trt import build_trt_engine
 
 CONTRACT = {  # the fused ONNX nodes: op type -> input names (the ONNX export's contract)
@@ -53,7 +54,7 @@ def _triton_compiles() -> str | None:
 
         if triton.knobs.runtime.interpret:
             return "TRITON_INTERPRET=1: kernels are interpreted, not compiled"
-        get_ptxas(90).path
+        _ = get_ptxas(90).path
     except Exception as e:  # noqa: BLE001 - whatever stops a compile here
         return f"no Triton compiler with ptxas here: {type(e).__name__}: {e}"
     return None
@@ -208,7 +209,7 @@ def test_aot_kernel_for_each_arch(fake_plugins, monkeypatch, op, arch):
     fn = getattr(trt_entry, spec.kernel)
     assert name == spec.kernel and re.search(rf"\.visible \.entry {name}\(", ptx)
     sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-    assert re.search(rf"^\.target {sm}\b", ptx, re.M)
+    assert re.search(rf"^\.target {sm}\b", ptx, re.MULTILINE)
 
     # TensorRT's argument list: input pointers, the extra int32 arguments, the output pointer; nothing after.
     params = tp.entry_params(ptx, name)
@@ -537,7 +538,7 @@ def test_fused_engine_matches_pytorch_on_gpu(dtype, tmp_path):
         path.write_bytes(plan)
         shapes = ",".join(f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items() if v.dim() == 3)
         run = subprocess.run([trtexec, f"--loadEngine={path}", f"--shapes={shapes}", "--iterations=3"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, check=False)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
 
 

@@ -177,7 +177,7 @@ class CompiledKernel(NamedTuple):
 
 def entry_params(ptx: str, name: str) -> list[tuple[str, str]]:
     """The ``.entry name(...)`` parameters of ``ptx`` as (type, name), e.g. ("u64", "k_param_0")."""
-    m = re.search(r"\.entry\s+%s\s*\((.*?)\)" % re.escape(name), ptx, re.S)
+    m = re.search(rf"\.entry\s+{re.escape(name)}\s*\((.*?)\)", ptx, re.DOTALL)
     if m is None:
         raise ValueError(f"no .entry {name} in the PTX")
     out = []
@@ -195,12 +195,12 @@ def strip_trailing_params(ptx: str, name: str, keep: int) -> str:
     When a kernel needs no scratch memory those pointers are never read, and
     the entry is declared with TensorRT's argument list alone.
     """
-    m = re.search(r"(\.entry\s+%s\s*\()(.*?)(\))" % re.escape(name), ptx, re.S)
+    m = re.search(rf"(\.entry\s+{re.escape(name)}\s*\()(.*?)(\))", ptx, re.DOTALL)
     params = [s.strip() for s in m.group(2).split(",") if s.strip()]
     body = ptx[m.end():]
     for p in params[keep:]:
         pname = p.split()[-1]
-        if re.search(r"\b%s\b" % re.escape(pname), body):
+        if re.search(rf"\b{re.escape(pname)}\b", body):
             raise RuntimeError(f"{name}: parameter {pname} beyond TensorRT's {keep} arguments is used by the kernel")
     kept = ",\n".join("\t" + p for p in params[:keep])
     return ptx[:m.start(2)] + "\n" + kept + "\n" + ptx[m.end(2):]
@@ -219,14 +219,15 @@ def assemble_cubin(ptx: str, arch: int) -> tuple[bytes, str]:
         src, out = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         with open(src, "w") as fh:
             fh.write(ptx)
-        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", src, "-o", out], capture_output=True, text=True)
+        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", src, "-o", out], capture_output=True, text=True,
+                             check=False)
         if run.returncode != 0:
             raise RuntimeError(f"ptxas failed for {_sm(arch)}: {run.stderr.strip()}")
         with open(out, "rb") as fh:
             return fh.read(), run.stderr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_kernel(op: str, dtypes: tuple, arch: int) -> CompiledKernel:
     """Compile ``op``'s Triton entry for compute capability ``arch``.
 
