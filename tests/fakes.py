@@ -45,7 +45,10 @@ def fake_tensorrt(log: list, *, size: int = 64, strongly_typed_flag: bool = True
     """A ``tensorrt`` module whose builder, parser and config append their calls to ``log``."""
     import types
 
+    import importlib.machinery
+
     trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # what find_spec-based probes expect
     trt.__version__ = "11.0.fake" if not strongly_typed_flag else "10.9.fake"
     trt.float32, trt.float16, trt.bfloat16, trt.int32 = "DataType.FLOAT", "DataType.HALF", "DataType.BF16", "DataType.INT32"
 
@@ -194,7 +197,10 @@ def fake_tensorrt_plugin(trt):
     import types
     import typing
 
+    import importlib.machinery
+
     trtp = types.ModuleType("tensorrt.plugin")
+    trtp.__spec__ = importlib.machinery.ModuleSpec("tensorrt.plugin", None)
     trtp.REGISTRY = {}
     trtp.op = types.SimpleNamespace()
 

@@ -551,3 +551,37 @@ def test_plugin_kernels_compile_for_this_gpu():
         k = tp.compile_kernel(op, ("fp16",) * (len(spec.inputs) + 1), arch)
         assert len(tp.entry_params(k.ptx, k.name)) == k.num_args
     assert np.isfinite(arch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_plugin", [True, False], ids=["plugins", "no-plugins"])
+def test_cli_trt_builds_the_fused_graph_when_the_plugins_register(monkeypatch, tmp_path, capsys, with_plugin):
+    from fastmlr import export as ex
+    from fastmlr.deploy.contract import write_sidecar
+
+    _, log = _install_builder(monkeypatch, with_plugin=with_plugin)
+    asked = []
+    real_export = ex.export_onnx
+
+    def export_onnx(model, path, size, **kw):
+        asked.append(kw.get("onnx_ops", "standard"))
+        if kw.get("onnx_ops") != "fused":
+            return real_export(model, path, size, **kw)
+        onnx.save(_fused_graph(TensorProto.FLOAT16), path)  # stands in for the fused export
+        write_sidecar(path, kw["sidecar"], artifact={"format": "onnx"}, onnx_ops="fused")
+        return path
+
+    monkeypatch.setattr(ex, "export_onnx", export_onnx)
+    engine = tmp_path / "m.plan"
+    rc = ex.main(["--model", "baseline", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32",
+                  "--trt", str(engine), "--max-batch", "2", "--opt-batch", "2", "--no-verify"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    side = json.load(open(str(engine) + ".json"))
+    fallback = [line for line in out.splitlines() if "fused plugins unavailable" in line]
+    if with_plugin:
+        assert asked == ["fused"] and side["onnx_ops"] == "fused" and side["artifact"]["onnx"] == "m.fused.fp16.onnx"
+        assert not fallback and "from the fused op set" in err
+    else:
+        assert asked == [] and side["onnx_ops"] == "standard" and side["artifact"]["onnx"] == "m.fp16.onnx"
+        assert len(fallback) == 1 and "no tensorrt.plugin" in fallback[0] and "from the standard op set" in err
