@@ -13,13 +13,13 @@ PyTorch are the ``gpu`` tests at the end.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -50,11 +50,10 @@ SHAPES = {
 def _triton_compiles() -> str | None:
     try:
         import triton
-        from triton.backends.nvidia.compiler import get_ptxas
-
         if triton.knobs.runtime.interpret:
             return "TRITON_INTERPRET=1: kernels are interpreted, not compiled"
-        _ = get_ptxas(90).path
+        if not os.path.exists(tp._ptxas_path(90)):
+            return "Triton ships no ptxas here"
     except Exception as e:  # noqa: BLE001 - whatever stops a compile here
         return f"no Triton compiler with ptxas here: {type(e).__name__}: {e}"
     return None
@@ -550,7 +549,7 @@ def test_plugin_kernels_compile_for_this_gpu():
     for op, spec in tp.OPS.items():
         k = tp.compile_kernel(op, ("fp16",) * (len(spec.inputs) + 1), arch)
         assert len(tp.entry_params(k.ptx, k.name)) == k.num_args
-    assert np.isfinite(arch)
+    assert arch >= 80
 
 
 @pytest.mark.slow

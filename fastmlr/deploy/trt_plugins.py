@@ -207,14 +207,28 @@ def strip_trailing_params(ptx: str, name: str, keep: int) -> str:
 
 
 def _sm(arch: int) -> str:
-    return f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+    """ptxas's --gpu-name for ``arch``, as Triton names it (sm_90a: Hopper's arch-specific features)."""
+    try:
+        from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+        return sm_arch_from_capability(arch)
+    except ImportError:
+        return f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+
+
+def _ptxas_path(arch: int) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    try:
+        tool = get_ptxas(arch)
+    except TypeError:  # Triton releases whose get_ptxas takes no arch
+        tool = get_ptxas()
+    return getattr(tool, "path", tool)
 
 
 def assemble_cubin(ptx: str, arch: int) -> tuple[bytes, str]:
     """Assemble ``ptx`` for ``arch`` with Triton's bundled ptxas; returns (cubin, ptxas -v report)."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = get_ptxas(arch).path
+    ptxas = _ptxas_path(arch)
     with tempfile.TemporaryDirectory() as tmp:
         src, out = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         with open(src, "w") as fh:

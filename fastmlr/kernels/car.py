@@ -1,12 +1,10 @@
 """Fused CAR ops (SRDL section 3.2): spatial attention (eq. 5) and the
 attention-weighted max pooling (eq. 6 + GMP), forward and backward.
 
-Written plainly in PyTorch (fastmlr/ops/reference.py) both ops materialise an
-``N x C x P x D`` tensor (2 GB in fp32 at N=16, C=80, P=196, D=2048) and
-autograd keeps several. Here nothing of that size exists, forward or
-backward: spatial attention saves only its output ``SA`` (N x C x P) and
-recomputes tanh in the backward; pooling saves its inputs and the argmax
-position (N x C x D, int32).
+Written plainly in PyTorch (fastmlr/ops/reference.py) both ops materialise an ``N x C x P x D``
+tensor (2 GB in fp32 at N=16, C=80, P=196, D=2048) and autograd keeps several. Here nothing of that
+size exists, forward or backward: spatial attention saves only its output ``SA`` (N x C x P) and
+recomputes tanh in the backward; pooling saves its inputs and the argmax position (N x C x D, int32).
 
 Layouts (all contiguous, innermost last): u (N, P, D), wc (C, D), s (D,),
 f (N, D, P), sa (N, C, P), ca (N, C, D).
@@ -21,17 +19,15 @@ from torch.autograd.function import once_differentiable
 
 from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, tanh, torch_acc_dtype
 
-# Interpreter blocks: each program costs ~65 ms of Python overhead there, so
-# blocks are large enough for small grids, yet small enough (16) that the
-# tests' modest odd shapes span several blocks and exercise every ragged mask.
+# Interpreter blocks: each program costs ~65 ms of Python overhead there, so blocks are large enough
+# for small grids, yet small enough (16) that the tests' odd shapes exercise every ragged mask.
 _INTERPRET_SA = dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16)
 _INTERPRET_POOL = dict(BLOCK_C=16, BLOCK_K=16, BLOCK_P=16)
 _INTERPRET_POOL_BWD = dict(BLOCK_C=16, BLOCK_K=32)
 
-# GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so
-# the 3-D tile (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which
-# shape wins depends on C, P, D. Each config compiles for sm_90 to <= 128
-# registers a thread without spills (ptxas -v, fp32) for the forward and du.
+# GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so the 3-D tile
+# (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which shape wins depends on C, P, D. Each
+# config compiles for sm_90 to <= 128 registers a thread without spills (ptxas -v, fp32), forward and du.
 _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=8), num_warps=4),
@@ -39,18 +35,16 @@ _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=32, BLOCK_P=64, BLOCK_K=8), num_warps=8),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=16), num_warps=8),
 ]
-# dwc/ds carries two accumulators: larger tiles than these reach 170-240
-# registers (or spill) on sm_90.
+# dwc/ds carries two accumulators: larger tiles than these reach 170-240 registers (or spill) on sm_90.
 _SA_DW_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=8), num_warps=4),
 ]
-# Pooling is bound by loads of f (along P) and ca (along D): one config. The
-# running max with its position doubles the tile's registers; 16 x 32 x 8
-# compiles to 128 registers on sm_90 where 16 x 32 x 16 needs 232.
+# Pooling is bound by loads of f (along P) and ca (along D): one config. The running max with its
+# position doubles the tile's registers; 16 x 32 x 8 compiles to 128 registers on sm_90 (16 x 32 x 16: 232).
 _POOL_GPU = dict(BLOCK_C=16, BLOCK_K=32, BLOCK_P=8, num_warps=4)
-# The pooling backward scatters with atomics: it must not be autotuned (each
-# benchmark run would add into the same buffers again).
+# The pooling backward scatters with atomics: it must not be autotuned (each benchmark run would add
+# into the same buffers again).
 _POOL_BWD_GPU = dict(BLOCK_C=16, BLOCK_K=64, num_warps=4)
 
 
@@ -310,9 +304,8 @@ def _car_pool_fwd_kernel(
     Each program keeps a running max and its position for a BLOCK_C x
     BLOCK_K tile of one image while walking p in BLOCK_P steps (f and sa are
     loaded along their contiguous P axis, ca along D). Ties go to the first
-    p. The position is stored for the backward (``STORE_IDX``; inference
-    engines, which have no backward, leave it out and pass no idx buffer).
-    Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
+    p. The position is stored for the backward (STORE_IDX; engines, with no
+    backward, pass no idx buffer). Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
     """
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
