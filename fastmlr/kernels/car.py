@@ -304,8 +304,7 @@ def _car_pool_fwd_kernel(
     Each program keeps a running max and its position for a BLOCK_C x
     BLOCK_K tile of one image while walking p in BLOCK_P steps (f and sa are
     loaded along their contiguous P axis, ca along D). Ties go to the first
-    p. The position is stored for the backward (STORE_IDX; engines, with no
-    backward, pass no idx buffer). Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
+    p. The position is stored for the backward. Grid: (cdiv(D, BLOCK_K), cdiv(C, BLOCK_C), N).
     """
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -333,7 +332,7 @@ def _car_pool_fwd_kernel(
         best = tl.where(better, m, best)
         best_p = tl.where(better, i + p0, best_p)
     tl.store(out_ptr + ca_offs, best.to(out_ptr.dtype.element_ty), mask=mask_ck)
-    if STORE_IDX:
+    if STORE_IDX:  # engines, which have no backward, pass no idx buffer
         tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
 
 
