@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointMismatch
+from .deploy import probe
 from .deploy.aoti import AOTI_OPS, default_aoti_ops, export_aoti, verify_aoti
 from .deploy.contract import make_sidecar, sidecar_path
 from .deploy.graph import check_batch_range
@@ -33,6 +34,7 @@ from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_
 from .deploy.probe import TRTUnavailable
 from .deploy.triton_repo import repo_files, write_triton_repo
 from .deploy.trt import build_trt_engine, trtexec_command
+from .deploy.trt_plugins import plugins_available
 from .deploy.verify import FP16_MAP_POINTS, real_images
 from .files import check_targets, remove_stale_temps
 
@@ -234,10 +236,18 @@ def run(args) -> int:
     engine, trt_error = None, None
     if args.trt:
         cache = args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
+        # The fused op set where fastmlr's TensorRT plugins can be registered here, else the standard fp16 graph.
+        # (Without a GPU no engine is built at all, and the build below says so.)
+        trt_onnx, (plugins_ok, why) = onnx16, plugins_available() if probe.gpu_available()[0] else (False, "")
+        if plugins_ok:
+            trt_onnx = step("ONNX fp16, fused op set (for TensorRT)", export_onnx, model, stem + ".fused.fp16.onnx",
+                            size, fp16=True, **{**kw, "onnx_ops": "fused"})
+        elif why:
+            print(f"TensorRT: building from the standard op set: fused plugins unavailable ({why})", flush=True)
         try:
-            engine = step("TensorRT engine", build_trt_engine, onnx16, args.trt, min_batch=args.min_batch,
+            engine = step("TensorRT engine", build_trt_engine, trt_onnx, args.trt, min_batch=args.min_batch,
                           opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_gb=args.workspace_gb,
-                          timing_cache=cache, sidecar=side)
+                          timing_cache=cache, sidecar=side, fallback_onnx=onnx16 if plugins_ok else None)
         except TRTUnavailable as e:
             trt_error = e
             cmd = trtexec_command(onnx16, args.trt, size, args.min_batch, args.opt_batch, args.max_batch)

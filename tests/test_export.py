@@ -14,18 +14,18 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from fakes import fake_tensorrt
 
 from fastmlr import deploy, ops, runtime
 from fastmlr import export as ex
-from fastmlr.deploy import probe
 from fastmlr.data import FASHION_CLASSES, FashionMosaics
+from fastmlr.deploy import probe
 from fastmlr.models import create_model
 
 SIZE = 64
@@ -235,111 +235,11 @@ def test_onnx_provider_choice():
 
 
 # -- TensorRT with a fake module ---------------------------------------------------------------------------
-class _Rec:
-    """Records calls; stands in for TensorRT's builder objects."""
-
-    def __init__(self, log, name):
-        self._log, self._name = log, name
-
-
-def _fake_tensorrt(log: list, *, strongly_typed_flag: bool = True, parse_ok: bool = True):
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "11.0.fake" if not strongly_typed_flag else "10.9.fake"
-
-    class Logger:
-        WARNING, VERBOSE = "W", "V"
-
-        def __init__(self, level):
-            log.append(("Logger", level))
-
-    flags = {"PREFER_AOT_PYTHON_PLUGINS": 1, "PREFER_JIT_PYTHON_PLUGINS": 2}
-    if strongly_typed_flag:
-        flags["STRONGLY_TYPED"] = 0  # TensorRT 10's value; TensorRT 11 drops EXPLICIT_BATCH and FP16
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)
-    trt.BuilderFlag = types.SimpleNamespace(TF32=7, REFIT=1)  # no FP16: touching it raises AttributeError
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-
-    class Tensor:
-        name, shape = "images", (-1, 3, SIZE, SIZE)
-
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, i):
-            return Tensor()
-
-    class Parser:
-        num_errors = 0 if parse_ok else 1
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse(self, data):
-            log.append(("parse", len(data)))
-            return parse_ok
-
-        def get_error(self, i):
-            return "In node 3: unsupported op"
-
-    class Cache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return self.data + b"+timed"
-
-    class Profile:
-        def set_shape(self, name, mn, opt, mx):
-            log.append(("set_shape", name, tuple(mn), tuple(opt), tuple(mx)))
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            log.append(("workspace", pool, size))
-
-        def add_optimization_profile(self, p):
-            log.append(("add_profile",))
-
-        def create_timing_cache(self, data):
-            log.append(("create_timing_cache", bytes(data)))
-            self._cache = Cache(bytes(data))
-            return self._cache
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            log.append(("set_timing_cache", ignore_mismatch))
-
-        def get_timing_cache(self):
-            return self._cache
-
-        def set_flag(self, flag):
-            log.append(("set_flag", flag))
-
-    class Builder:
-        def __init__(self, logger):
-            log.append(("Builder",))
-
-        def create_network(self, flags):
-            log.append(("create_network", flags))
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            log.append(("build",))
-            return b"PLAN-BYTES"
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
-    return trt
-
-
 @pytest.fixture
 def fake_trt(monkeypatch):
     def install(**kw):
         log = []
-        monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(log, **kw))
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(log, size=SIZE, **kw))
         monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
         return log
 

@@ -197,7 +197,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         compile_(car._car_sa_bwd_du_kernel, io, sa)
         compile_(car._car_sa_bwd_dw_kernel, io, dict(sa, **car._SA_DW_CONFIGS[0].kwargs))
         pool = {k: v for k, v in car._POOL_GPU.items() if k != "num_warps"}
-        compile_(car._car_pool_fwd_kernel, {**io, "out_ptr": f"*{dt}"}, dict(ACC=tl.float32, **pool))
+        compile_(car._car_pool_fwd_kernel, {**io, "out_ptr": f"*{dt}"}, dict(ACC=tl.float32, STORE_IDX=True, **pool))
         bwd = {k: v for k, v in car._POOL_BWD_GPU.items() if k != "num_warps"}
         compile_(car._car_pool_bwd_kernel, io, dict(NEED_F=True, NEED_SA=True, NEED_CA=True, ACC=tl.float32, **bwd))
         compile_(oe._oe_boxes_kernel, {**io, "out_ptr": "*i64"}, dict(BLOCK_H=16, BLOCK_W=16))

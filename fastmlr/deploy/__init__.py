@@ -8,7 +8,8 @@ One module per job:
 - :mod:`~fastmlr.deploy.graph`: the graph that is traced (:class:`InferenceGraph`,
   :func:`export_mode`);
 - :mod:`~fastmlr.deploy.onnx`, :mod:`~fastmlr.deploy.aoti`, :mod:`~fastmlr.deploy.trt`,
-  :mod:`~fastmlr.deploy.triton_repo`: one builder each, with its check;
+  :mod:`~fastmlr.deploy.triton_repo`: one builder each, with its check
+  (:mod:`~fastmlr.deploy.trt_plugins`: TensorRT plugins for the fused nodes);
 - :mod:`~fastmlr.deploy.verify`: what the checks compare against, and their bounds.
 
 ``python -m fastmlr.export`` is the command over these. The runners never
@@ -41,6 +42,7 @@ _LAZY = {
     "fp16_map_check": "onnx", "export_onnx_fp16": "onnx", "TRT_ONNX_OPS": "onnx", "DEFAULT_OPSET": "onnx",
     "export_aoti": "aoti", "verify_aoti": "aoti",
     "build_trt_engine": "trt",
+    "register_plugins": "trt_plugins", "plugins_available": "trt_plugins",
     "triton_config": "triton_repo", "write_triton_repo": "triton_repo",
     "TOLERANCE": "verify", "FP16_MAP_POINTS": "verify", "real_images": "verify",
 }

@@ -8,6 +8,13 @@ is kept, and ignored); TensorRT 10 needs the flag. This module sets it when
 the enum has it and never touches ``BuilderFlag.FP16`` or ``EXPLICIT_BATCH``,
 so one code path serves 10.x and 11.x.
 
+A graph of the ``fused`` op set (nodes of the ``fastmlr`` domain) is built with
+fastmlr's TensorRT plugins (:mod:`fastmlr.deploy.trt_plugins`): they are
+registered before parsing, the parser is told to take their ahead-of-time
+implementations, and the engine embeds the compiled kernels. Where they cannot
+be registered, a ``fallback_onnx`` graph of the standard op set is built
+instead, and one line says so.
+
 ``tensorrt`` is imported only through :func:`fastmlr.deploy.probe.import_tensorrt`,
 after a GPU has been found.
 """
@@ -18,7 +25,7 @@ import os
 import sys
 
 from ..files import atomic_write_bytes
-from . import probe
+from . import probe, trt_plugins
 from .contract import INPUT_NAME, read_sidecar, write_sidecar
 
 
@@ -26,6 +33,32 @@ def network_flags(trt) -> int:
     """Creation flags for ``Builder.create_network``: STRONGLY_TYPED where the enum still has it."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     return 0 if flag is None else 1 << int(flag)
+
+
+def _aot_flag(trt) -> int:
+    """``PREFER_AOT_PYTHON_PLUGINS`` as a creation-flag bit (0 where the enum lacks it)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _graph_for_parser(onnx_path: str, fallback_onnx: str | None) -> tuple[str, bytes, str, list[str]]:
+    """(graph path, bytes to parse, op set, plugin ops) after registering the plugins a fused graph needs."""
+    with open(onnx_path, "rb") as fh:
+        data = fh.read()
+    if trt_plugins.graph_op_set(data) == "standard":
+        return onnx_path, data, "standard", []
+    try:
+        trt_plugins.register_plugins()
+    except probe.TRTUnavailable as e:
+        if fallback_onnx is None:
+            raise probe.TRTUnavailable(f"{onnx_path} has fastmlr's fused nodes, but their TensorRT plugins "
+                                       f"are unavailable: {e}") from e
+        print(f"TensorRT: fused plugins unavailable ({e}); building from the standard graph {fallback_onnx}",
+              file=sys.stderr, flush=True)
+        with open(fallback_onnx, "rb") as fh:
+            return fallback_onnx, fh.read(), "standard", []
+    data, ops = trt_plugins.prepare_fused_onnx(data, onnx_path)
+    return onnx_path, data, "fused", ops
 
 
 def _read(path: str) -> bytes | None:
@@ -56,6 +89,7 @@ def build_trt_engine(
     sidecar: dict | None = None,
     input_name: str = INPUT_NAME,
     verbose: bool = False,
+    fallback_onnx: str | None = None,
 ) -> str:
     """Build a strongly typed TensorRT engine from ``onnx_path`` and write it to ``engine_path``.
 
@@ -65,22 +99,27 @@ def build_trt_engine(
     the same GPU skip the timing they share. ``workspace_gb`` limits the
     builder's scratch memory. The engine and its sidecar (``engine_path.json``,
     from ``sidecar`` or the ONNX graph's sidecar) are written atomically.
-    Returns ``engine_path``. Raises :class:`~fastmlr.deploy.probe.TRTUnavailable`
-    without a GPU or TensorRT, ``RuntimeError`` when parsing or building fails.
+    The op set is the graph's own: a ``fused`` graph is built with fastmlr's
+    plugins, or, when they cannot be registered here, from ``fallback_onnx``
+    (a ``standard`` graph of the same model); the log line and the sidecar's
+    ``onnx_ops`` say which. Returns ``engine_path``. Raises
+    :class:`~fastmlr.deploy.probe.TRTUnavailable` without a GPU or TensorRT (or
+    without the plugins and a fallback), ``RuntimeError`` when parsing or building fails.
     """
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}")
     if workspace_gb <= 0:
         raise ValueError(f"--workspace-gb must be positive, got {workspace_gb}")
-    if not os.path.exists(onnx_path):
-        raise FileNotFoundError(f"ONNX graph {onnx_path} does not exist")
+    for path in (onnx_path, fallback_onnx):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"ONNX graph {path} does not exist")
     trt = probe.import_tensorrt()
+    onnx_path, data, op_set, plugin_ops = _graph_for_parser(onnx_path, fallback_onnx)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
+    network = builder.create_network(network_flags(trt) | (_aot_flag(trt) if op_set == "fused" else 0))
     parser = trt.OnnxParser(network, logger)
-    with open(onnx_path, "rb") as fh:
-        ok = parser.parse(fh.read())
+    ok = parser.parse(data)
     if not ok:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: " + "; ".join(errors or ["no error reported"]))
@@ -115,11 +154,15 @@ def build_trt_engine(
     write_sidecar(
         engine_path, {k: v for k, v in sidecar.items() if k not in ("artifact", "opset")},
         artifact={"format": "tensorrt", "onnx": os.path.basename(onnx_path)}, precision="fp16",
-        batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        batch={"min": min_batch, "opt": opt_batch, "max": max_batch}, onnx_ops=op_set,
         tensorrt={"version": getattr(trt, "__version__", None), "strongly_typed": True,
-                  "workspace_gb": workspace_gb, "timing_cache": timing_cache},
+                  "workspace_gb": workspace_gb, "timing_cache": timing_cache,
+                  "plugins": [f"{trt_plugins.DOMAIN}::{op}" for op in plugin_ops],
+                  "plugin_kernels": trt_plugins.KERNEL_FORMAT if plugin_ops else None},
     )
-    print(f"TensorRT {getattr(trt, '__version__', '?')}: engine {engine_path} ({len(blob)} bytes)", file=sys.stderr)
+    used = f" with plugins {', '.join(plugin_ops)}" if plugin_ops else ""
+    print(f"TensorRT {getattr(trt, '__version__', '?')}: engine {engine_path} ({len(blob)} bytes) "
+          f"from the {op_set} op set{used}", file=sys.stderr)
     return engine_path
 
 

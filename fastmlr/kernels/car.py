@@ -1,12 +1,10 @@
 """Fused CAR ops (SRDL section 3.2): spatial attention (eq. 5) and the
 attention-weighted max pooling (eq. 6 + GMP), forward and backward.
 
-Written plainly in PyTorch (fastmlr/ops/reference.py) both ops materialise an
-``N x C x P x D`` tensor (2 GB in fp32 at N=16, C=80, P=196, D=2048) and
-autograd keeps several. Here nothing of that size exists, forward or
-backward: spatial attention saves only its output ``SA`` (N x C x P) and
-recomputes tanh in the backward; pooling saves its inputs and the argmax
-position (N x C x D, int32).
+Written plainly in PyTorch (fastmlr/ops/reference.py) both ops materialise an ``N x C x P x D``
+tensor (2 GB in fp32 at N=16, C=80, P=196, D=2048) and autograd keeps several. Here nothing of that
+size exists, forward or backward: spatial attention saves only its output ``SA`` (N x C x P) and
+recomputes tanh in the backward; pooling saves its inputs and the argmax position (N x C x D, int32).
 
 Layouts (all contiguous, innermost last): u (N, P, D), wc (C, D), s (D,),
 f (N, D, P), sa (N, C, P), ca (N, C, D).
@@ -21,17 +19,15 @@ from torch.autograd.function import once_differentiable
 
 from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, tanh, torch_acc_dtype
 
-# Interpreter blocks: each program costs ~65 ms of Python overhead there, so
-# blocks are large enough for small grids, yet small enough (16) that the
-# tests' modest odd shapes span several blocks and exercise every ragged mask.
+# Interpreter blocks: each program costs ~65 ms of Python overhead there, so blocks are large enough
+# for small grids, yet small enough (16) that the tests' odd shapes exercise every ragged mask.
 _INTERPRET_SA = dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16)
 _INTERPRET_POOL = dict(BLOCK_C=16, BLOCK_K=16, BLOCK_P=16)
 _INTERPRET_POOL_BWD = dict(BLOCK_C=16, BLOCK_K=32)
 
-# GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so
-# the 3-D tile (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which
-# shape wins depends on C, P, D. Each config compiles for sm_90 to <= 128
-# registers a thread without spills (ptxas -v, fp32) for the forward and du.
+# GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so the 3-D tile
+# (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which shape wins depends on C, P, D. Each
+# config compiles for sm_90 to <= 128 registers a thread without spills (ptxas -v, fp32), forward and du.
 _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=8), num_warps=4),
@@ -39,18 +35,16 @@ _SA_CONFIGS = [
     triton.Config(dict(BLOCK_C=32, BLOCK_P=64, BLOCK_K=8), num_warps=8),
     triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=16), num_warps=8),
 ]
-# dwc/ds carries two accumulators: larger tiles than these reach 170-240
-# registers (or spill) on sm_90.
+# dwc/ds carries two accumulators: larger tiles than these reach 170-240 registers (or spill) on sm_90.
 _SA_DW_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=8), num_warps=4),
 ]
-# Pooling is bound by loads of f (along P) and ca (along D): one config. The
-# running max with its position doubles the tile's registers; 16 x 32 x 8
-# compiles to 128 registers on sm_90 where 16 x 32 x 16 needs 232.
+# Pooling is bound by loads of f (along P) and ca (along D): one config. The running max with its
+# position doubles the tile's registers; 16 x 32 x 8 compiles to 128 registers on sm_90 (16 x 32 x 16: 232).
 _POOL_GPU = dict(BLOCK_C=16, BLOCK_K=32, BLOCK_P=8, num_warps=4)
-# The pooling backward scatters with atomics: it must not be autotuned (each
-# benchmark run would add into the same buffers again).
+# The pooling backward scatters with atomics: it must not be autotuned (each benchmark run would add
+# into the same buffers again).
 _POOL_BWD_GPU = dict(BLOCK_C=16, BLOCK_K=64, num_warps=4)
 
 
@@ -299,7 +293,7 @@ def _car_pool_fwd_kernel(
     C, D, P,
     stride_fn, stride_fk, stride_sn, stride_sc, stride_cn, stride_cc,
     ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, STORE_IDX: tl.constexpr,
 ):
     """feat[n,c,k] = max_p 0.5 f[n,k,p] (sa[n,c,p] + ca[n,c,k])  (SRDL eq. 6 then GMP, docs/srdl.md step 6).
 
@@ -340,7 +334,8 @@ def _car_pool_fwd_kernel(
         best = tl.where(take_nan, float("nan"), tl.where(better, m, best))
         best_p = tl.where(take_nan, nan_i + p0, tl.where(better, i + p0, best_p))
     tl.store(out_ptr + ca_offs, best.to(out_ptr.dtype.element_ty), mask=mask_ck)
-    tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
+    if STORE_IDX:  # engines, which have no backward, pass no idx buffer
+        tl.store(idx_ptr + ca_offs, best_p, mask=mask_ck)
 
 
 @triton.jit
@@ -402,7 +397,7 @@ def car_pool_forward(f: torch.Tensor, sa: torch.Tensor, ca: torch.Tensor):
         _car_pool_fwd_kernel[grid](
             f, sa, ca, out, idx, C, D, P,
             f.stride(0), f.stride(1), sa.stride(0), sa.stride(1), ca.stride(0), ca.stride(1),
-            ACC=acc_dtype(f.dtype), **blocks,
+            ACC=acc_dtype(f.dtype), STORE_IDX=True, **blocks,
         )
     return out, idx
 

@@ -102,13 +102,21 @@ def _sop_mean_kernel(
     n = tl.program_id(1).to(tl.int64)
     offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     mask_i = offs_i < D
+    mean = _sop_row_means(x_ptr + n * stride_xn, offs_i, mask_i, P, stride_xd, ACC, BLOCK_I, BLOCK_R)
+    tl.store(mean_ptr + n * D + offs_i, mean, mask=mask_i)
+
+
+@triton.jit
+def _sop_row_means(x_base, offs_i, mask_i, P, stride_xd,
+                   ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr):
+    """1/P sum_p x[i,p] for the rows ``offs_i`` of one image (``x_base``), in ``ACC``."""
     acc = tl.zeros([BLOCK_I], dtype=ACC)
     for p0 in range(0, P, BLOCK_R):
         offs_p = p0 + tl.arange(0, BLOCK_R)
-        x = tl.load(x_ptr + n * stride_xn + offs_i[:, None] * stride_xd + offs_p[None, :],
+        x = tl.load(x_base + offs_i[:, None] * stride_xd + offs_p[None, :],
                     mask=mask_i[:, None] & (offs_p < P)[None, :], other=0.0).to(ACC)
         acc += tl.sum(x, axis=1)
-    tl.store(mean_ptr + n * D + offs_i, acc / P, mask=mask_i)
+    return acc / P
 
 
 @triton.jit
@@ -133,7 +141,17 @@ def _sop_fwd_kernel(
     mask_j = offs_j < D
     mi = tl.load(mean_ptr + n * D + offs_i, mask=mask_i, other=0.0)
     mj = tl.load(mean_ptr + n * D + offs_j, mask=mask_j, other=0.0)
-    x_base = x_ptr + n * stride_xn
+    cov = _sop_cov_tile(x_ptr + n * stride_xn, mi, mj, offs_i, offs_j, mask_i, mask_j, P, stride_xd,
+                        ACC, USE_DOT, BLOCK_I, BLOCK_J, BLOCK_R)
+    tl.store(out_ptr + n * stride_on + offs_i[:, None] * stride_oi + offs_j[None, :],
+             cov.to(out_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_j[None, :])
+
+
+@triton.jit
+def _sop_cov_tile(x_base, mi, mj, offs_i, offs_j, mask_i, mask_j, P, stride_xd,
+                  ACC: tl.constexpr, USE_DOT: tl.constexpr,
+                  BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The BLOCK_I x BLOCK_J covariance tile of one image (``x_base``) about the row means mi, mj."""
     acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=ACC)
     for p0 in range(0, P, BLOCK_R):
         offs_p = p0 + tl.arange(0, BLOCK_R)
@@ -145,8 +163,7 @@ def _sop_fwd_kernel(
         xi = tl.where(m_ip, xi - mi[:, None], 0.0)
         xj = tl.where(m_jp, xj - mj[:, None], 0.0)
         acc += _mm_nt(xi, xj, USE_DOT)
-    tl.store(out_ptr + n * stride_on + offs_i[:, None] * stride_oi + offs_j[None, :],
-             (acc / P).to(out_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_j[None, :])
+    return acc / P
 
 
 @triton.jit
