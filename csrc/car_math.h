@@ -7,7 +7,7 @@
 // -ftz=false -prec-div=true -prec-sqrt=true, never --use_fast_math):
 // - division and square root are IEEE round-to-nearest on both sides, and
 //   denormals are kept (no flush to zero);
-// - float tanh/exp: the CPU uses tanh_fast below (absolute error a few 1e-8)
+// - float tanh/exp: the CPU uses tanh_fast below (absolute error at most 4e-7)
 //   and libm's expf; the GPU uses CUDA's tanhf and expf (at most 2 ulp, CUDA
 //   Math API), not the hardware approximations (__expf, tanh.approx) that
 //   fast-math substitutes; double uses the libm/CUDA double functions;
