@@ -10,6 +10,7 @@ import torch.nn as nn
 from ..files import atomic_write_bytes
 from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
+from .onnx_ops import DEFAULT_OP_SET, check_fused_nodes, trace_backend, translation_table
 from .verify import FP16_MAP_POINTS, TOLERANCE, max_abs_diff, torch_probs
 
 DEFAULT_OPSET = 18
@@ -33,19 +34,23 @@ Where Xor
 
 
 def _onnx_proto(model: nn.Module, image_size: int, fp16: bool, min_batch: int, opt_batch: int, max_batch: int,
-                opset: int):
+                opset: int, onnx_ops: str = DEFAULT_OP_SET):
     check_batch_range(min_batch, opt_batch, max_batch)
     if int(opset) < 17:
         raise ValueError(f"opset must be 17 or newer, got {opset}")
+    backend = trace_backend(onnx_ops)
+    table = translation_table() if onnx_ops == "fused" else None
     x = example_images(image_size, max(2, opt_batch))
-    with export_mode(model), torch.no_grad(), quiet():
+    with export_mode(model, backend=backend), torch.no_grad(), quiet():
         graph = InferenceGraph(model, fp16=fp16).eval()
         prog = torch.onnx.export(
             graph, (x,), dynamo=True, opset_version=int(opset), input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: batch_dim(min_batch, max_batch)}},
-            verbose=False,
+            verbose=False, custom_translation_table=table,
         )
     proto = prog.model_proto
+    if onnx_ops == "fused":
+        check_fused_nodes(proto)
     # Name the batch dimension the same everywhere, so runtimes (and Triton) see one symbolic dim.
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dim0 = vi.type.tensor_type.shape.dim[0]
@@ -65,18 +70,22 @@ def export_onnx(
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
     sidecar: dict | None = None,
+    onnx_ops: str = DEFAULT_OP_SET,
 ) -> str:
     """Export ``model`` to an ONNX file at ``path`` with a dynamic batch; returns ``path``.
 
     Input ``images`` float32 [N, 3, S, S]; outputs ``logits`` and ``probs``
     float32 [N, C]. ``fp16``: half-precision graph, float32 I/O (see
-    :class:`~fastmlr.deploy.graph.InferenceGraph`). Written atomically with its
-    sidecar ``path.json`` (``sidecar`` defaults to ``make_sidecar`` of the model).
+    :class:`~fastmlr.deploy.graph.InferenceGraph`). ``onnx_ops``: ``standard``
+    (TensorRT's ONNX op set, memory bounded in the number of categories) or
+    ``fused`` (fastmlr-domain nodes; :mod:`fastmlr.deploy.onnx_ops`), recorded
+    in the sidecar as ``onnx_ops``. Written atomically with its sidecar
+    ``path.json`` (``sidecar`` defaults to ``make_sidecar`` of the model).
     """
     import onnx
 
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
-    proto = _onnx_proto(model, image_size, fp16, min_batch, opt_batch, max_batch, opset)
+    proto = _onnx_proto(model, image_size, fp16, min_batch, opt_batch, max_batch, opset, onnx_ops)
     data = proto.SerializeToString()
     if len(data) > 2**31 - 1:  # protobuf's limit; larger graphs need external data, which a sidecar can't hash
         raise ValueError(f"the ONNX graph is {len(data)} bytes, beyond protobuf's 2 GiB; export a smaller model")
@@ -84,7 +93,7 @@ def export_onnx(
     atomic_write_bytes(path, lambda fh: fh.write(data))
     write_sidecar(
         path, side, artifact={"format": "onnx"}, precision="fp16" if fp16 else "fp32", opset=int(opset),
-        batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        batch={"min": min_batch, "opt": opt_batch, "max": max_batch}, onnx_ops=onnx_ops,
     )
     return path
 
