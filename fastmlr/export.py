@@ -28,6 +28,7 @@ from .deploy.aoti import export_aoti, verify_aoti
 from .deploy.contract import make_sidecar
 from .deploy.graph import check_batch_range
 from .deploy.fp16 import format_report as fp16_lines
+from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
 from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
 from .deploy.probe import TRTUnavailable
 from .deploy.triton_repo import write_triton_repo
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     shp.add_argument("--max-batch", type=int, default=16)
     o = p.add_argument_group("options")
     o.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    o.add_argument("--onnx-ops", choices=OP_SETS, default=DEFAULT_OP_SET,
+                   help="standard: TensorRT's ONNX op set, memory bounded in the number of classes (any runtime); "
+                   "fused: the fastmlr ops as fastmlr-domain nodes (export/README.md)")
     o.add_argument("--threshold", type=float, default=0.5, help="decision threshold written to the sidecar")
     o.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
     o.add_argument("--timing-cache", default=None, help="TensorRT timing cache (default: beside the engine)")
@@ -98,7 +102,11 @@ def format_report(rep: dict) -> str:
         lines.append(f"    onnx.checker (full): {rep['checker']}; opset {rep['opset']}")
         bad = rep["not_in_tensorrt"]
         lines.append(f"    ops ({len(rep['ops'])}): {' '.join(rep['ops'])}")
-        lines.append("    all in TensorRT's ONNX parser set" if not bad else f"    NOT supported by TensorRT: {bad}")
+        ok = ("    all in TensorRT's ONNX parser set" if rep.get("onnx_ops") != "fused"
+              else "    op set fused: fastmlr nodes (TensorRT plugins), the rest in TensorRT's ONNX parser set")
+        lines.append(ok if not bad else f"    NOT supported by TensorRT: {bad}")
+    if "ort" in rep:
+        lines.append(f"    ONNX Runtime: {rep['ort']}")
     if "max_abs_diff" in rep:
         d = ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_diff"].items())
         lines.append(f"    max |p - p_torch|: {d} (tolerance {rep['tolerance']:.0e})")
@@ -138,7 +146,8 @@ def run(args) -> int:
     need_fp16 = bool(args.fp16 or args.trt)
     onnx32 = args.onnx or stem + ".onnx"
     onnx16 = stem + ".fp16.onnx"
-    kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side)
+    kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side,
+              onnx_ops=args.onnx_ops)
 
     def step(label, fn, *a, **k):
         t0 = time.perf_counter()

@@ -10,7 +10,8 @@ import torch.nn as nn
 from ..files import atomic_write_bytes
 from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
-from .onnx_ops import DEFAULT_OP_SET, check_fused_nodes, trace_backend, translation_table
+from .onnx_ops import (DEFAULT_OP_SET, FUSED_DOMAIN, FUSED_NODES, check_fused_nodes, check_op_set, trace_backend,
+                       translation_table)
 from .verify import FP16_MAP_POINTS, TOLERANCE, max_abs_diff, torch_probs
 
 DEFAULT_OPSET = 18
@@ -110,6 +111,7 @@ def export_onnx_fp16(
     max_batch: int = 16,
     opset: int = DEFAULT_OPSET,
     sidecar: dict | None = None,
+    onnx_ops: str = DEFAULT_OP_SET,
 ) -> dict:
     """The fp16 graph that meets its own budget: fp16 everywhere the verification images allow.
 
@@ -126,6 +128,9 @@ def export_onnx_fp16(
     from .verify import real_images
 
     check_batch_range(min_batch, opt_batch, max_batch)
+    if check_op_set(onnx_ops) != "standard":
+        raise ValueError("--fp16 builds its graph in the standard op set only (the mixed-precision search runs it in "
+                         "ONNX Runtime, whose fused-node PyOps are float32): drop --onnx-ops fused or --fp16")
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if images is None:
@@ -142,6 +147,7 @@ def export_onnx_fp16(
     write_sidecar(
         path, side, artifact={"format": "onnx"}, precision="fp16", opset=int(opset),
         batch={"min": min_batch, "opt": opt_batch, "max": max_batch}, fp16=mixed.sidecar_fields(rep),
+        onnx_ops=onnx_ops,
     )
     return rep
 
@@ -168,18 +174,29 @@ def onnx_op_types(path_or_model) -> list[str]:
     return sorted(found)
 
 
-def unsupported_by_tensorrt(path_or_model) -> list[str]:
-    """Op types of the graph that are not in :data:`TRT_ONNX_OPS` (custom domains never are)."""
-    return [op for op in onnx_op_types(path_or_model) if op not in TRT_ONNX_OPS]
+def unsupported_by_tensorrt(path_or_model, plugins: bool = False) -> list[str]:
+    """Op types of the graph that are not in :data:`TRT_ONNX_OPS` (custom domains never are).
+
+    ``plugins``: the fused op set's fastmlr nodes count as supported (TensorRT runs them as plugins).
+    """
+    ok = TRT_ONNX_OPS | ({f"{FUSED_DOMAIN}::{op}" for op in FUSED_NODES} if plugins else frozenset())
+    return [op for op in onnx_op_types(path_or_model) if op not in ok]
 
 
 def ort_session(path: str, providers=None):
     """An ONNX Runtime session that logs errors only (fp16 graphs make the CPU provider warn about every unfoldable node)."""
     import onnxruntime as ort
 
+    import onnx
+
+    from ..runtime.onnx_fused import fused_node_types, fused_session_input
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    model = onnx.load(path)
+    # A fused graph's fastmlr nodes run as onnxruntime-extensions PyOps (ValueError without it).
+    source = fused_session_input(path, model, opts) if fused_node_types(model) else path
+    return ort.InferenceSession(source, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
 
 
 def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = False, real=None,
@@ -200,8 +217,14 @@ def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = Fa
     g = onnx.load(path)
     rep["opset"] = max((o.version for o in g.opset_import if o.domain in ("", "ai.onnx")), default=None)
     rep["ops"] = onnx_op_types(g)
-    rep["not_in_tensorrt"] = [op for op in rep["ops"] if op not in TRT_ONNX_OPS]
-    sess = ort_session(path)
+    fused = any(n.domain == FUSED_DOMAIN for n in g.graph.node)
+    rep["onnx_ops"] = "fused" if fused else "standard"
+    rep["not_in_tensorrt"] = unsupported_by_tensorrt(g, plugins=fused)
+    try:
+        sess = ort_session(path)
+    except ValueError as e:  # a fused graph without onnxruntime-extensions
+        rep.update(ort=str(e), max_abs_diff={}, ok=False)
+        return rep
     diffs = {}
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if real is not None:
