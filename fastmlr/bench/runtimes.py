@@ -111,14 +111,30 @@ class OnnxRT(Runtime):
     timed = "ONNX Runtime session.run on the prepared images (runner.run): logits and probs"
     torch_alloc = False
 
-    def __init__(self, fp16: bool):
+    def __init__(self, fp16: bool, onnx_ops: str = "standard"):
         self.fp16 = fp16
-        self.name = "onnxrt-fp16" if fp16 else "onnxrt-fp32"
-        self.label = f"ONNX Runtime {'fp16' if fp16 else 'fp32'}"
+        self.onnx_ops = onnx_ops
+        if onnx_ops == "fused":
+            self.name, self.label = "onnxrt-fused", "ONNX Runtime fp32, fused fastmlr nodes (onnxruntime-extensions)"
+            self.timed = ("ONNX Runtime session.run (runner.run), the fastmlr nodes as onnxruntime-extensions PyOps "
+                          "calling the cpp kernels")
+        else:
+            self.name = "onnxrt-fp16" if fp16 else "onnxrt-fp32"
+            self.label = f"ONNX Runtime {'fp16' if fp16 else 'fp32'}"
 
     def why_not(self, device):
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu on a GPU host)"
+        if self.onnx_ops == "fused":
+            if importlib.util.find_spec("onnxruntime_extensions") is None:
+                return "the fused graph's nodes need onnxruntime-extensions (pip install onnxruntime-extensions)"
+            from .. import ops
+
+            nodes = {r.name: r for r in ops.backend_status("cpu")}["nodes"]
+            if not nodes.runs:
+                return f"the fused op set traces through the 'nodes' ops backend: {nodes.reason}"
+            if device.type != "cpu":
+                return "the fused graph's PyOps run on the CPU: this column measures the CPU"
         if device.type == "cuda":
             import onnxruntime as ort
 
@@ -132,7 +148,7 @@ class OnnxRT(Runtime):
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}.onnx")
         bs = ctx["batch_sizes"]
         export_onnx(model.cpu(), path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=self.fp16)
+                    fp16=self.fp16, onnx_ops=self.onnx_ops)
         opts = {"threads": ctx["threads"]} if ctx.get("threads") else {}
         runner = _load_runner(path, device=ctx["device"].type, **opts)
         ctx["provider"] = runner.provider
@@ -198,7 +214,37 @@ class TensorRTFP16(Runtime):
         return runner.run
 
 
+class TensorRTFused(TensorRTFP16):
+    """TensorRT from the fused op set: the fastmlr nodes as plugins (fastmlr.deploy.trt_plugins)."""
+
+    name, label = "trt-fused", "TensorRT, fused fastmlr nodes as plugins"
+    timed = "TensorRT execution context of the engine built from the fused graph (runner.run): logits and probs"
+
+    def why_not(self, device):
+        r = super().why_not(device)
+        if r:
+            return r
+        if importlib.util.find_spec("fastmlr.deploy.trt_plugins") is None:
+            return "fastmlr.deploy.trt_plugins (the TensorRT plugins of the fused nodes) is not in this version"
+        return None
+
+    def prepare(self, model, ctx):
+        export_onnx = _deploy("onnx", "export_onnx")
+        build_trt_engine = _deploy("trt", "build_trt_engine")
+        bs = ctx["batch_sizes"]
+        onnx_path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-trt-fused.onnx")
+        engine = os.path.join(ctx["workdir"], f"{ctx['model_name']}-fused.engine")
+        export_onnx(model.cpu(), onnx_path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                    onnx_ops="fused")
+        build_trt_engine(onnx_path, engine, min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
+        runner = _load_runner(engine, device="cuda")
+        ctx["provider"] = runner.provider
+        return runner.run
+
+
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
-    for r in (Eager(), Compile(), AutocastFP16(), OnnxRT(False), OnnxRT(True), AOTI(), TensorRTFP16())
+    for r in (Eager(), Compile(), AutocastFP16(), OnnxRT(False), OnnxRT(True), OnnxRT(False, "fused"), AOTI(),
+              TensorRTFP16(), TensorRTFused())
 }

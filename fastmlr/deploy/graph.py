@@ -1,9 +1,10 @@
 """The graph every exporter traces, and what tracing needs: eval mode, the reference ops, example inputs.
 
-The exported graph is the model's inference path. The fused ops run their
-``reference`` implementation (plain PyTorch, so it decomposes into standard
-ONNX ops) because exporters trace inside :func:`export_mode`, which selects
-it with :func:`fastmlr.ops.use_backend`; object erasing is training-only and
+The exported graph is the model's inference path. Exporters trace inside
+:func:`export_mode`, which selects the fused ops' implementation with
+:func:`fastmlr.ops.use_backend`: ``reference`` unless told otherwise; the ONNX
+builder passes ``decomposed`` (standard ONNX ops, in chunks of categories) or
+``nodes`` (one ``fastmlr::`` op each), see :mod:`fastmlr.deploy.onnx_ops`. Object erasing is training-only and
 absent. Image-independent computations (SRDL's label graph, ML-GCN's
 classifiers) are folded into fp32 constants by the model's own
 ``fold_constants()`` on the copy that is exported.

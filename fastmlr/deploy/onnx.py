@@ -10,6 +10,8 @@ import torch.nn as nn
 from ..files import atomic_write_bytes
 from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
+from .onnx_ops import (DEFAULT_OP_SET, FUSED_DOMAIN, FUSED_NODES, check_fused_nodes, check_op_set, trace_backend,
+                       translation_table)
 from .verify import FP16_MAP_POINTS, TOLERANCE, max_abs_diff, torch_probs
 
 DEFAULT_OPSET = 18
@@ -33,19 +35,23 @@ Where Xor
 
 
 def _onnx_proto(model: nn.Module, image_size: int, fp16: bool, min_batch: int, opt_batch: int, max_batch: int,
-                opset: int):
+                opset: int, onnx_ops: str = DEFAULT_OP_SET):
     check_batch_range(min_batch, opt_batch, max_batch)
     if int(opset) < 17:
         raise ValueError(f"opset must be 17 or newer, got {opset}")
+    backend = trace_backend(onnx_ops)
+    table = translation_table() if onnx_ops == "fused" else None
     x = example_images(image_size, max(2, opt_batch))
-    with export_mode(model), torch.no_grad(), quiet():
+    with export_mode(model, backend=backend), torch.no_grad(), quiet():
         graph = InferenceGraph(model, fp16=fp16).eval()
         prog = torch.onnx.export(
             graph, (x,), dynamo=True, opset_version=int(opset), input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: {0: batch_dim(min_batch, max_batch)}},
-            verbose=False,
+            verbose=False, custom_translation_table=table,
         )
     proto = prog.model_proto
+    if onnx_ops == "fused":
+        check_fused_nodes(proto)
     # Name the batch dimension the same everywhere, so runtimes (and Triton) see one symbolic dim.
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dim0 = vi.type.tensor_type.shape.dim[0]
@@ -65,18 +71,22 @@ def export_onnx(
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
     sidecar: dict | None = None,
+    onnx_ops: str = DEFAULT_OP_SET,
 ) -> str:
     """Export ``model`` to an ONNX file at ``path`` with a dynamic batch; returns ``path``.
 
     Input ``images`` float32 [N, 3, S, S]; outputs ``logits`` and ``probs``
     float32 [N, C]. ``fp16``: half-precision graph, float32 I/O (see
-    :class:`~fastmlr.deploy.graph.InferenceGraph`). Written atomically with its
-    sidecar ``path.json`` (``sidecar`` defaults to ``make_sidecar`` of the model).
+    :class:`~fastmlr.deploy.graph.InferenceGraph`). ``onnx_ops``: ``standard``
+    (TensorRT's ONNX op set, memory bounded in the number of categories) or
+    ``fused`` (fastmlr-domain nodes; :mod:`fastmlr.deploy.onnx_ops`), recorded
+    in the sidecar as ``onnx_ops``. Written atomically with its sidecar
+    ``path.json`` (``sidecar`` defaults to ``make_sidecar`` of the model).
     """
     import onnx
 
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
-    proto = _onnx_proto(model, image_size, fp16, min_batch, opt_batch, max_batch, opset)
+    proto = _onnx_proto(model, image_size, fp16, min_batch, opt_batch, max_batch, opset, onnx_ops)
     data = proto.SerializeToString()
     if len(data) > 2**31 - 1:  # protobuf's limit; larger graphs need external data, which a sidecar can't hash
         raise ValueError(f"the ONNX graph is {len(data)} bytes, beyond protobuf's 2 GiB; export a smaller model")
@@ -84,7 +94,7 @@ def export_onnx(
     atomic_write_bytes(path, lambda fh: fh.write(data), publish=True)
     write_sidecar(
         path, side, artifact={"format": "onnx"}, precision="fp16" if fp16 else "fp32", opset=int(opset),
-        batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
+        batch={"min": min_batch, "opt": opt_batch, "max": max_batch}, onnx_ops=onnx_ops,
     )
     return path
 
@@ -101,6 +111,7 @@ def export_onnx_fp16(
     max_batch: int = 16,
     opset: int = DEFAULT_OPSET,
     sidecar: dict | None = None,
+    onnx_ops: str = DEFAULT_OP_SET,
 ) -> dict:
     """The fp16 graph that meets its own budget: fp16 everywhere the verification images allow.
 
@@ -117,6 +128,9 @@ def export_onnx_fp16(
     from .verify import real_images
 
     check_batch_range(min_batch, opt_batch, max_batch)
+    if check_op_set(onnx_ops) != "standard":
+        raise ValueError("--fp16 builds its graph in the standard op set only (the mixed-precision search runs it in "
+                         "ONNX Runtime, whose fused-node PyOps are float32): drop --onnx-ops fused or --fp16")
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if images is None:
@@ -133,6 +147,7 @@ def export_onnx_fp16(
     write_sidecar(
         path, side, artifact={"format": "onnx"}, precision="fp16", opset=int(opset),
         batch={"min": min_batch, "opt": opt_batch, "max": max_batch}, fp16=mixed.sidecar_fields(rep),
+        onnx_ops=onnx_ops,
     )
     return rep
 
@@ -159,18 +174,29 @@ def onnx_op_types(path_or_model) -> list[str]:
     return sorted(found)
 
 
-def unsupported_by_tensorrt(path_or_model) -> list[str]:
-    """Op types of the graph that are not in :data:`TRT_ONNX_OPS` (custom domains never are)."""
-    return [op for op in onnx_op_types(path_or_model) if op not in TRT_ONNX_OPS]
+def unsupported_by_tensorrt(path_or_model, plugins: bool = False) -> list[str]:
+    """Op types of the graph that are not in :data:`TRT_ONNX_OPS` (custom domains never are).
+
+    ``plugins``: the fused op set's fastmlr nodes count as supported (TensorRT runs them as plugins).
+    """
+    ok = TRT_ONNX_OPS | ({f"{FUSED_DOMAIN}::{op}" for op in FUSED_NODES} if plugins else frozenset())
+    return [op for op in onnx_op_types(path_or_model) if op not in ok]
 
 
 def ort_session(path: str, providers=None):
     """An ONNX Runtime session that logs errors only (fp16 graphs make the CPU provider warn about every unfoldable node)."""
     import onnxruntime as ort
 
+    import onnx
+
+    from ..runtime.onnx_fused import fused_node_types, fused_session_input
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    model = onnx.load(path)
+    # A fused graph's fastmlr nodes run as onnxruntime-extensions PyOps (ValueError without it).
+    source = fused_session_input(path, model, opts) if fused_node_types(model) else path
+    return ort.InferenceSession(source, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
 
 
 def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = False, real=None,
@@ -191,8 +217,14 @@ def verify_onnx(path: str, model: nn.Module, image_size: int, *, fp16: bool = Fa
     g = onnx.load(path)
     rep["opset"] = max((o.version for o in g.opset_import if o.domain in ("", "ai.onnx")), default=None)
     rep["ops"] = onnx_op_types(g)
-    rep["not_in_tensorrt"] = [op for op in rep["ops"] if op not in TRT_ONNX_OPS]
-    sess = ort_session(path)
+    fused = any(n.domain == FUSED_DOMAIN for n in g.graph.node)
+    rep["onnx_ops"] = "fused" if fused else "standard"
+    rep["not_in_tensorrt"] = unsupported_by_tensorrt(g, plugins=fused)
+    try:
+        sess = ort_session(path)
+    except ValueError as e:  # a fused graph without onnxruntime-extensions
+        rep.update(ort=str(e), max_abs_diff={}, ok=False)
+        return rep
     diffs = {}
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if real is not None:

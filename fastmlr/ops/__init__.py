@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference
+from . import decomposed, reference
 from ._autocast import RULES as AUTOCAST_RULES
 from ._autocast import cast_inputs as _autocast_inputs
 from ._dispatch import (
@@ -71,6 +71,16 @@ register_backend(
         },
         # Last resort everywhere: it materialises N x C x P x D.
         priority={"cpu": 100, "cuda": 100, "meta": 100},
+    )
+)
+register_backend(
+    Backend(
+        name="decomposed",
+        impls=dict(decomposed.IMPLS),
+        # Runs only when named: the portable ONNX op set traces through it, in chunks of
+        # categories (fastmlr/ops/decomposed.py). Listed before the reference, which it outruns.
+        priority={"cpu": 90, "cuda": 90, "meta": 90},
+        auto=False,
     )
 )
 

@@ -3,6 +3,7 @@
 import torch
 
 from . import OPS, backend_status
+from ._dispatch import _BACKENDS
 
 for dev in ("cpu", "cuda"):
     device_rows = backend_status(dev)
@@ -12,6 +13,7 @@ for dev in ("cpu", "cuda"):
     print(f"{dev}:")
     for op in OPS:
         rows = backend_status(dev, op, torch.float32)
-        runs = [r.name for r in rows if r.runs]
+        # Backends that run only when named (export-time forms) are marked so.
+        runs = [r.name + ("" if _BACKENDS[r.name].auto else " (when named)") for r in rows if r.runs]
         refused = [f"{r.name} ({r.reason})" for r in rows if not r.runs]
         print(f"  {op}: {', '.join(runs) or 'none'}" + (f"; refused: {'; '.join(refused)}" if refused else ""))

@@ -46,6 +46,8 @@ class Backend:
     why_not: Callable[[str, str, tuple], str | None] = lambda op, dev, ts: None
     # why_not_device(device_type) -> None if it can run anything on that device type, else a reason.
     why_not_device: Callable[[str], str | None] = lambda dev: None
+    # False: runs only when named (export-time forms such as "decomposed"), never chosen automatically.
+    auto: bool = True
 
     def refuse_device(self, device_type: str) -> str | None:
         if device_type not in self.priority:
@@ -70,7 +72,7 @@ _BACKENDS: dict[str, Backend] = {}
 # Backends that could not be registered (e.g. the extension failed to build), with the reason.
 _UNAVAILABLE: dict[str, str] = {}
 # Optional backends, imported on first consultation of the registry: name -> module that registers it.
-_OPTIONAL = {"cpp": "fastmlr.ops._cpp", "triton": "fastmlr.ops._triton"}
+_OPTIONAL = {"cpp": "fastmlr.ops._cpp", "triton": "fastmlr.ops._triton", "nodes": "fastmlr.ops._nodes"}
 _loaded = False
 
 
@@ -209,7 +211,7 @@ def select(op: str, tensors: tuple, backend: str | None = None) -> Backend:
             f"backend {requested!r} cannot run {op} on {dev} tensors: {reason}.\n"
             f"Every backend, for this call:\n{_explain(op, dev, tensors)}"
         )
-    for b in sorted((b for b in _BACKENDS.values() if dev in b.priority), key=lambda b: b.priority[dev]):
+    for b in sorted((b for b in _BACKENDS.values() if b.auto and dev in b.priority), key=lambda b: b.priority[dev]):
         if b.refuse(op, dev, tensors) is None:
             return b
     raise BackendError(f"no backend can run {op} on {dev} tensors:\n{_explain(op, dev, tensors)}")

@@ -37,14 +37,32 @@ class OnnxRunner(Runner):
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        source, self.fused_ops = self._graph(path, opts)
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
         used = self.session.get_providers()
         if used[0] != providers[0]:
             print(f"fastmlr.runtime: {providers[0]} could not start for {path}; running on {used[0]}", file=sys.stderr)
-        self.provider = f"onnxruntime:{used[0]}"
+        self.provider = f"onnxruntime:{used[0]}" + ("+fastmlr-pyops" if self.fused_ops else "")
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != [INPUT_NAME]:
             raise RuntimeError(f"{path}: expected one input {INPUT_NAME!r}, found {inputs}")
+
+    @staticmethod
+    def _graph(path: str, opts):
+        """(what to open, fused op types): the file itself for a standard graph; for a graph of the fused op
+        set, the graph with its fastmlr nodes as onnxruntime-extensions PyOps (fastmlr/runtime/onnx_fused.py)."""
+        import onnx
+
+        from .onnx_fused import fused_node_types, fused_session_input
+
+        model = onnx.load(path)
+        fused = fused_node_types(model)
+        if not fused:
+            return path, []
+        source = fused_session_input(path, model, opts)
+        print(f"fastmlr.runtime: {path}: fused nodes {', '.join(fused)} run as onnxruntime-extensions PyOps "
+              "calling fastmlr's kernels (cpp for the CAR ops)", file=sys.stderr)
+        return source, fused
 
     def run(self, x: torch.Tensor):
         logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x.numpy())})

@@ -1,0 +1,95 @@
+"""Running graphs of the ``fused`` ONNX op set in ONNX Runtime from Python, without rebuilding ONNX Runtime.
+
+The fastmlr-domain nodes (fastmlr/deploy/onnx_ops.py) become
+onnxruntime-extensions Python custom ops ("PyOps"): ONNX Runtime calls back
+into Python with numpy arrays, which go through ``torch.from_numpy`` to
+fastmlr's own kernels (``cpp`` for the CAR ops; the ordinary dispatch for
+``SecondOrderPool`` and ``MultiPerspectiveCosine``, which have no C++ kernel)
+and back. PyOps live in onnxruntime-extensions' own domain, so the graph's
+nodes are moved into it in memory before the session is created; the file is
+not changed. float32 only (a PyOp declares one input type).
+
+Without onnxruntime-extensions a fused graph is refused, saying what to do.
+"""
+
+from __future__ import annotations
+
+FUSED_DOMAIN = "fastmlr"  # the contract's domain (fastmlr.deploy.onnx_ops.FUSED_DOMAIN; not imported: runners never import builders)
+_registered = False
+
+
+def missing_message(path: str) -> str:
+    return (f"{path} holds fastmlr-domain nodes (exported with --onnx-ops fused); ONNX Runtime runs them only with "
+            "onnxruntime-extensions: pip install onnxruntime-extensions, or export with --onnx-ops standard")
+
+
+def fused_node_types(model) -> list[str]:
+    """Op types of the graph's fastmlr-domain nodes, sorted (empty for a standard graph)."""
+    return sorted({n.op_type for n in model.graph.node if n.domain == FUSED_DOMAIN})
+
+
+def _register_pyops() -> None:
+    """Declare the fused nodes as PyOps once per process."""
+    global _registered
+    if _registered:
+        return
+    import numpy as np
+    import torch
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    from .. import ops
+
+    f32 = PyCustomOpDef.dt_float
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    def out(x):
+        return x.contiguous().numpy()
+
+    @onnx_op(op_type="CarSpatialAttention", inputs=[f32] * 4, outputs=[f32])
+    def _car_spatial_attention(u, wc, s, b):
+        with torch.inference_mode():
+            return out(ops.car_spatial_attention(t(u), t(wc), t(s), t(b).reshape(()), backend="cpp"))
+
+    @onnx_op(op_type="CarPool", inputs=[f32] * 3, outputs=[f32])
+    def _car_pool(f, sa, ca):
+        with torch.inference_mode():
+            return out(ops.car_pool(t(f), t(sa), t(ca), backend="cpp"))
+
+    @onnx_op(op_type="SecondOrderPool", inputs=[f32], outputs=[f32])
+    def _second_order_pool(x):
+        with torch.inference_mode():
+            return out(ops.second_order_pool(t(x)))
+
+    @onnx_op(op_type="MultiPerspectiveCosine", inputs=[f32] * 2, outputs=[f32])
+    def _multi_perspective_cosine(v, w):
+        with torch.inference_mode():
+            return out(ops.multi_perspective_cosine(t(v), t(w)))
+
+    _registered = True
+
+
+def fused_session_input(path: str, model, opts):
+    """The serialised graph to open, with its fastmlr nodes moved to the PyOps' domain; registers the PyOps
+    library on ``opts``. Raises ValueError (:func:`missing_message`) without onnxruntime-extensions."""
+    try:
+        from onnxruntime_extensions import get_library_path
+        from onnxruntime_extensions._ocos import default_opset_domain
+    except ImportError:
+        raise ValueError(missing_message(path)) from None
+    _register_pyops()
+    contrib = default_opset_domain()
+    for n in model.graph.node:
+        if n.domain == FUSED_DOMAIN:
+            n.domain = contrib
+    imports = [o for o in model.opset_import if o.domain != FUSED_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    if not any(o.domain == contrib for o in imports):
+        model.opset_import.add(domain=contrib, version=1)
+    opts.register_custom_ops_library(get_library_path())
+    return model.SerializeToString()
+
+
+__all__ = ["FUSED_DOMAIN", "missing_message", "fused_node_types", "fused_session_input"]
