@@ -199,48 +199,35 @@ class TensorRTFP16(Runtime):
             return str(e)
         return None
 
+    onnx_ops = "standard"
+
     def prepare(self, model, ctx):
         export_onnx = _deploy("onnx", "export_onnx")
         build_trt_engine = _deploy("trt", "build_trt_engine")
         bs = ctx["batch_sizes"]
-        onnx_path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-trt-fp16.onnx")
-        engine = os.path.join(ctx["workdir"], f"{ctx['model_name']}-fp16.engine")
-        export_onnx(model.cpu(), onnx_path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=True)
-        build_trt_engine(onnx_path, engine, min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+        stem = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}")
+        export_onnx(model.cpu(), stem + ".onnx", ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                    fp16=True, onnx_ops=self.onnx_ops)
+        build_trt_engine(stem + ".onnx", stem + ".engine", min_batch=1, opt_batch=min(bs), max_batch=max(bs),
                          timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
-        runner = _load_runner(engine, device="cuda")
+        runner = _load_runner(stem + ".engine", device="cuda")
         ctx["provider"] = runner.provider
         return runner.run
 
 
 class TensorRTFused(TensorRTFP16):
-    """TensorRT from the fused op set: the fastmlr nodes as plugins (fastmlr.deploy.trt_plugins)."""
+    """TensorRT fp16 from the fused op set: the fastmlr nodes as plugins (fastmlr.deploy.trt_plugins)."""
 
-    name, label = "trt-fused", "TensorRT, fused fastmlr nodes as plugins"
+    name, label = "trt-fused", "TensorRT fp16, fused fastmlr nodes as plugins"
     timed = "TensorRT execution context of the engine built from the fused graph (runner.run): logits and probs"
+    onnx_ops = "fused"
 
     def why_not(self, device):
         r = super().why_not(device)
         if r:
             return r
-        if importlib.util.find_spec("fastmlr.deploy.trt_plugins") is None:
-            return "fastmlr.deploy.trt_plugins (the TensorRT plugins of the fused nodes) is not in this version"
-        return None
-
-    def prepare(self, model, ctx):
-        export_onnx = _deploy("onnx", "export_onnx")
-        build_trt_engine = _deploy("trt", "build_trt_engine")
-        bs = ctx["batch_sizes"]
-        onnx_path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-trt-fused.onnx")
-        engine = os.path.join(ctx["workdir"], f"{ctx['model_name']}-fused.engine")
-        export_onnx(model.cpu(), onnx_path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    onnx_ops="fused")
-        build_trt_engine(onnx_path, engine, min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
-        runner = _load_runner(engine, device="cuda")
-        ctx["provider"] = runner.provider
-        return runner.run
+        ok, why = _deploy("trt_plugins", "plugins_available")()
+        return None if ok else f"the fused nodes' TensorRT plugins cannot be registered: {why}"
 
 
 RUNTIMES: dict[str, Runtime] = {
