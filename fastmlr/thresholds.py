@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .deploy.contract import check_thresholds  # noqa: F401  (the one check, re-exported for the commands)
 from .metrics import _as_numpy, _check_inputs
 
 __all__ = ["MIN_POSITIVES", "LOW", "HIGH", "fit_thresholds", "per_class_f1", "check_thresholds"]
@@ -117,20 +118,3 @@ def per_class_f1(scores, targets, ignore=None, thresholds=0.5) -> list[float]:
     return [_f1_at(s[valid[:, c], c], pos[valid[:, c], c], t[c]) for c in range(s.shape[1])]
 
 
-def check_thresholds(thresholds, num_classes: int, where: str) -> list[float]:
-    """``thresholds`` as a list of ``num_classes`` floats in (0, 1) (a single number is repeated).
-
-    Anything else is a ValueError naming ``where``.
-    """
-    if isinstance(thresholds, (int, float, np.floating)):
-        thresholds = [float(thresholds)] * num_classes
-    try:
-        values = [float(t) for t in thresholds]
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected a list of {num_classes} numbers, found {str(thresholds)[:60]}") from None
-    if len(values) != num_classes:
-        raise ValueError(f"{where}: {len(values)} thresholds for {num_classes} classes")
-    bad = [t for t in values if not 0.0 < t < 1.0]
-    if bad:
-        raise ValueError(f"{where}: thresholds must be in (0, 1), found {bad[:3]}")
-    return values

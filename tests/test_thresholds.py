@@ -113,14 +113,14 @@ def test_float32_thresholds_decide_the_same_in_float32():
 
 
 def test_saturated_scores_give_thresholds_a_sidecar_accepts():
-    from fastmlr.deploy.contract import _check_thresholds
+    from fastmlr.deploy.contract import check_thresholds
 
     s = np.array([[1.0, 0.0], [1.0, 0.0], [0.3, 0.0]], dtype=np.float32)
     y = np.array([[1, 1], [1, 1], [0, 1]])
     fit = fit_thresholds(s, y, min_positives=1)
     assert all(0.0 < t < 1.0 for t in fit["thresholds"])
     assert fit["thresholds"][1] == LOW  # every score is 0: predict every entry, at the lowest allowed threshold
-    _check_thresholds(fit["thresholds"], 2, "test")
+    check_thresholds(fit["thresholds"], 2, "test")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -292,7 +292,7 @@ def test_predict_applies_the_checkpoints_thresholds(calibrated, fmnist, tmp_path
     assert f"per-class, from {f}" in err and all(len(r["labels"]) == 10 for r in res)
     f.write_text(json.dumps([0.5] * 3))
     assert predict.main(["--checkpoint", calibrated["path"], "--thresholds", str(f), *paths]) == 2
-    assert "3 thresholds for 10 classes" in capsys.readouterr().err
+    assert "3 per-class thresholds for 10 classes" in capsys.readouterr().err
 
 
 def test_predict_without_stored_thresholds_keeps_the_single_one(calibrated, fmnist, tmp_path, capsys):

@@ -73,13 +73,23 @@ def versions() -> dict:
     return v
 
 
-def _check_thresholds(thresholds, num_classes: int, where: str) -> list[float]:
-    values = [float(t) for t in thresholds]
+def check_thresholds(thresholds, num_classes: int, where: str) -> list[float]:
+    """``thresholds`` as a list of ``num_classes`` floats in (0, 1) (a single number is repeated).
+
+    Anything else is a ValueError naming ``where``. The one check of per-class thresholds: the
+    sidecar writer and reader, ``set_thresholds`` and the commands all use it.
+    """
+    if isinstance(thresholds, (int, float)) or type(thresholds).__name__ in ("float32", "float64"):
+        thresholds = [float(thresholds)] * num_classes
+    try:
+        values = [float(t) for t in thresholds]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a list of {num_classes} numbers, found {str(thresholds)[:60]}") from None
     if len(values) != num_classes:
         raise ValueError(f"{where}: {len(values)} per-class thresholds for {num_classes} classes")
     bad = [t for t in values if not 0.0 < t < 1.0]
     if bad:
-        raise ValueError(f"{where}: per-class thresholds must be in (0, 1), got {bad[:3]}")
+        raise ValueError(f"{where}: per-class thresholds must be in (0, 1), found {bad[:3]}")
     return values
 
 
@@ -117,7 +127,7 @@ def make_sidecar(model, image_size: int, class_names=None, threshold: float = 0.
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if thresholds is not None:
-        side["thresholds"] = _check_thresholds(thresholds, num_classes, "make_sidecar")
+        side["thresholds"] = check_thresholds(thresholds, num_classes, "make_sidecar")
     return side
 
 
@@ -175,7 +185,7 @@ def set_thresholds(artifact: str, thresholds=None, *, threshold: float | None = 
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         side["threshold"] = float(threshold)
     if thresholds is not None:
-        side["thresholds"] = _check_thresholds(thresholds, len(side["class_names"]), "set_thresholds")
+        side["thresholds"] = check_thresholds(thresholds, len(side["class_names"]), "set_thresholds")
     side = seal(side)
     atomic_write_json(sidecar_path(artifact), side, publish=True)
     return side
@@ -204,7 +214,7 @@ def read_sidecar(path: str, *, verify_hash: bool = True) -> dict:
             raise SidecarMismatch(f"sidecar {side_path} lacks {key!r}")
     if "thresholds" in side:
         try:
-            _check_thresholds(side["thresholds"], len(side["class_names"]), f"sidecar {side_path}")
+            check_thresholds(side["thresholds"], len(side["class_names"]), f"sidecar {side_path}")
         except (TypeError, ValueError) as e:
             raise SidecarMismatch(str(e)) from e
     if verify_hash:
