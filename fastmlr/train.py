@@ -63,16 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-oe", action="store_true", help="SRDL without object erasing")
     a.add_argument("--oe-k", type=int, default=3)
     a.add_argument("--oe-alpha", type=float, default=0.5)
+    a.add_argument(
+        "--adjacency", default="learned",
+        help="label graph of mlgcn / srdl: learned, cooccurrence (ML-GCN's correlation matrix from the "
+        "training labels; SRDL: V's initialisation), or a file of python -m fastmlr.cooccurrence",
+    )
     a.add_argument("--backend", default=None, help="fastmlr.ops backend (default: fastest for the device)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
+    d.add_argument("--data", default="mosaics", help="mosaics | scenes | voc | coco | list")
     d.add_argument("--data-root", default=None, help="dataset folder (voc, coco), JSONL file (list), idx folder (mosaics)")
     d.add_argument("--classes-file", default=None, help="class names, one per line (list format)")
     d.add_argument("--train-split", default=None, help="default: trainval (voc), train (others)")
     d.add_argument("--val-split", default=None, help="default: test (voc), val (others)")
     d.add_argument("--val-data-root", default=None, help="JSONL for validation (list format)")
-    d.add_argument("--train-size", type=int, default=4000, help="mosaics: number of training images")
-    d.add_argument("--val-size", type=int, default=1000, help="mosaics: number of validation images")
+    d.add_argument("--train-size", type=int, default=4000, help="mosaics, scenes: number of training images")
+    d.add_argument("--val-size", type=int, default=1000, help="mosaics, scenes: number of validation images")
     d.add_argument("--image-size", type=int, default=448)
     d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     o = p.add_argument_group("optimisation (paper 4.2)")
@@ -125,7 +130,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # -- data ---------------------------------------------------------------------------------------------
 def _datasets(args):
     kw = {}
-    if args.data == "mosaics":
+    if args.data in ("mosaics", "scenes"):
         train_kw = dict(num_images=args.train_size, seed=args.seed)
         val_kw = dict(num_images=args.val_size, seed=args.seed + 1)
     else:
@@ -165,7 +170,7 @@ def _resolve_weights(args) -> str | None:
     return "imagenet" if offline_imagenet_weights(args.backbone) else None
 
 
-def _model_cfg(args, classes) -> dict:
+def _model_cfg(args, classes, train_ds=None) -> dict:
     from .models import model_info
 
     info = model_info(args.model)
@@ -184,6 +189,15 @@ def _model_cfg(args, classes) -> dict:
             cfg["use_oe"] = False
     elif args.no_oe:
         raise SystemExit(f"--no-oe: object erasing is SRDL's; model {args.model!r} has none")
+    if getattr(args, "adjacency", "learned") != "learned":
+        if args.model not in ("mlgcn", "srdl"):
+            raise SystemExit(f"--adjacency {args.adjacency}: model {args.model!r} has no label graph (mlgcn, srdl)")
+        from .cooccurrence import dataset_cooccurrence, load_adjacency
+
+        if args.adjacency == "cooccurrence":
+            cfg["adjacency"] = dataset_cooccurrence(train_ds)
+        else:
+            cfg["adjacency"] = load_adjacency(args.adjacency, classes)
     return cfg
 
 
@@ -205,7 +219,7 @@ def train(args) -> dict:
         check_compatible(ckpt, class_names=classes, model=args.model, config={"backbone": args.backbone})
 
     torch.manual_seed(args.seed)  # same initial weights for the same seed, resumed or not
-    model = create_model(args.model, len(classes), **_model_cfg(args, classes)).to(device)
+    model = create_model(args.model, len(classes), **_model_cfg(args, classes, train_ds)).to(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
     train_model = model
