@@ -46,14 +46,16 @@ def reweighted_correlation(adjacency: Tensor, tau: float = 0.4, p: float = 0.2) 
     """ML-GCN's binarised, re-weighted correlation matrix ``A'`` (Tensor[C, C] float64), eq. 7-8.
 
     ``A_ij = 1`` if ``P(L_j | L_i) >= tau`` (i != j); ``A'_ij = p * A_ij / sum_{k != i} A_ik``
-    off the diagonal and ``A'_ii = 1 - p``. A row without a neighbour keeps 1 on itself. Rows sum to 1.
+    off the diagonal and ``A'_ii = 1 - p``. A row without a neighbour (or a label that never
+    occurs) keeps 1 on itself. Rows sum to 1.
     """
     if not 0.0 <= tau <= 1.0 or not 0.0 <= p <= 1.0:
         raise ValueError(f"tau and p must be in [0, 1], got tau={tau}, p={p}")
     prob = conditional_probabilities(adjacency)
     C = prob.shape[0]
     eye = torch.eye(C, dtype=torch.bool)
-    binary = (prob >= tau) & ~eye
+    occurs = prob.sum(dim=1, keepdim=True) > 0  # a label never seen has no conditional probabilities
+    binary = (prob >= tau) & ~eye & occurs
     deg = binary.sum(dim=1, keepdim=True).to(torch.float64)
     off = torch.where(deg > 0, binary.to(torch.float64) * p / deg.clamp_min(1.0), torch.zeros_like(prob))
     self_w = torch.where(deg[:, 0] > 0, torch.full((C,), 1.0 - p, dtype=torch.float64),
