@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/head_table.py run --data scenes --seeds 0,1,2 --out runs/heads
     python benchmarks/head_table.py table runs/heads        # markdown: mean +- std per model and dataset
+    python benchmarks/head_table.py figure runs/heads/scenes/srdl-car/seed0.pt --data scenes --out maps.png
 
 ``run`` computes MobileNetV2's (packaged ImageNet weights, frozen, BatchNorm in eval mode) stride-8/16/32
 maps of the training and validation sets once (``fastmlr.featcache``, cached in ``--cache-dir``), then
@@ -131,6 +132,38 @@ def table(args) -> str:
     return out
 
 
+def _offdiag(v: torch.Tensor, center: bool = False) -> float:
+    v = v.flatten(1).double()
+    if center:
+        v = v - v.mean(dim=1, keepdim=True)
+    v = torch.nn.functional.normalize(v, dim=1)
+    s = v @ v.T
+    return float((s.sum() - s.diagonal().sum()) / (s.shape[0] ** 2 - s.shape[0]))
+
+
+def figure(args) -> dict:
+    """SRDL's attention maps of validation images (the figure of predict --attention-maps) and how
+    alike its categories are: mean off-diagonal cosine of Wc, and of the maps (raw and mean-removed)."""
+    from fastmlr.checkpoint import atomic_write_bytes, model_from_checkpoint
+    from fastmlr.data import build_dataset
+    from fastmlr.predict import draw_attention
+
+    torch.set_num_threads(args.threads)
+    model = model_from_checkpoint(args.checkpoint).eval()
+    ds = build_dataset(args.data, split="val", image_size=model.image_size, train=False, num_images=args.n, seed=1)
+    images = torch.stack([ds[i][0] for i in range(args.n)])
+    with torch.no_grad():
+        probs = torch.sigmoid(model(images))
+        maps = model.attention_maps(images)
+        wc = model.category_embeddings()
+    res = {"Wc_cos": _offdiag(wc), "maps_cos": sum(_offdiag(m) for m in maps) / len(maps),
+           "maps_r": sum(_offdiag(m, center=True) for m in maps) / len(maps)}
+    canvas = draw_attention(images[: args.show], maps[: args.show], probs[: args.show], model.class_names)
+    atomic_write_bytes(args.out, lambda fh: canvas.save(fh, format="PNG"))
+    print(json.dumps({k: round(v, 4) for k, v in res.items()}), "->", args.out)
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -155,6 +188,14 @@ def main(argv=None) -> int:
     t = sub.add_parser("table")
     t.add_argument("out")
     t.set_defaults(func=table)
+    f = sub.add_parser("figure")
+    f.add_argument("checkpoint")
+    f.add_argument("--data", choices=sorted(SIZES), required=True)
+    f.add_argument("--out", required=True)
+    f.add_argument("--n", type=int, default=64, help="validation images measured")
+    f.add_argument("--show", type=int, default=4, help="of which drawn")
+    f.add_argument("--threads", type=int, default=1)
+    f.set_defaults(func=figure)
     args = p.parse_args(argv)
     args.func(args)
     return 0
