@@ -75,7 +75,8 @@ def run(args) -> None:
             model = _build(spec, train.classes, counts, weights, emb)
             t0 = time.perf_counter()
             res = featcache.train_head(model, tb, vb, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                       weight_decay=args.weight_decay, lr_step=args.lr_step, seed=seed)
+                                       weight_decay=args.weight_decay, lr_step=args.lr_step, seed=seed,
+                                       eval_every=args.eval_every)
             res.update(model=spec, data=args.data, seed=seed, seconds=time.perf_counter() - t0,
                        config={k: v for k, v in vars(args).items() if k != "func"}, image_size=size)
             if args.save_checkpoints and spec.startswith("srdl"):
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     r.add_argument("--lr-step", type=int, default=6)
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--weight-decay", type=float, default=1e-4)
+    r.add_argument("--eval-every", type=int, default=1, help="validate every this many epochs (and after the last)")
     r.add_argument("--embeddings", default="glove50")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--cache-dir", default="runs/featcache")

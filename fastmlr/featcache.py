@@ -116,11 +116,13 @@ def _batch(blob: dict, idx: Tensor, all_stages: bool):
 
 
 def train_head(model, train_blob: dict, val_blob: dict, *, epochs: int, lr: float, batch_size: int = 32,
-               weight_decay: float = 1e-4, lr_step: int | None = None, seed: int = 0, log=print) -> dict:
+               weight_decay: float = 1e-4, lr_step: int | None = None, seed: int = 0, eval_every: int = 1,
+               log=print) -> dict:
     """Train ``model``'s head (everything but ``model.backbone``) on cached maps; returns the history.
 
     The optimiser is Adam over the head's parameters; lr divided by 10 every ``lr_step`` epochs.
-    Each epoch's order comes from ``seed`` and the epoch number. After training the real
+    Each epoch's order comes from ``seed`` and the epoch number; validation runs every
+    ``eval_every`` epochs and after the last (it changes nothing in training). After training the real
     backbone is back in place, so ``model`` is whole again.
     """
     from .metrics import multilabel_metrics
@@ -152,13 +154,14 @@ def train_head(model, train_blob: dict, val_blob: dict, *, epochs: int, lr: floa
                 opt.step()
                 loss_sum, steps = loss_sum + loss.item(), steps + 1
             sched.step()
-            scores = predict_cached(model, val_blob, all_stages)
-            m = multilabel_metrics(scores, val_blob["targets"], val_blob["ignore"])
-            rec = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1), "seconds": time.perf_counter() - t0,
-                   "val": {k: float(m[k]) for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")}}
+            rec = {"epoch": epoch + 1, "train_loss": loss_sum / max(steps, 1), "seconds": time.perf_counter() - t0}
+            if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+                scores = predict_cached(model, val_blob, all_stages)
+                m = multilabel_metrics(scores, val_blob["targets"], val_blob["ignore"])
+                rec["val"] = {k: float(m[k]) for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")}
+                log(f"  epoch {epoch + 1}/{epochs}: loss {rec['train_loss']:.4f}, val mAP {100 * m['mAP']:.2f}, "
+                    f"CF1 {100 * m['CF1']:.2f} ({rec['seconds']:.0f} s)")
             history.append(rec)
-            log(f"  epoch {epoch + 1}/{epochs}: loss {rec['train_loss']:.4f}, val mAP {100 * m['mAP']:.2f}, "
-                f"CF1 {100 * m['CF1']:.2f} ({rec['seconds']:.0f} s)")
     finally:
         model.backbone = real
     model.eval()
