@@ -79,7 +79,7 @@ def run(args) -> None:
                                        eval_every=args.eval_every)
             res.update(model=spec, data=args.data, seed=seed, seconds=time.perf_counter() - t0,
                        config={k: v for k, v in vars(args).items() if k != "func"}, image_size=size)
-            if args.save_checkpoints and spec.startswith("srdl"):
+            if args.save_checkpoints and spec.startswith(("srdl", "mmdsr")):
                 from fastmlr.checkpoint import save_checkpoint
 
                 save_checkpoint(path[:-5] + ".pt", {
@@ -156,7 +156,9 @@ def figure(args) -> dict:
     with torch.no_grad():
         probs = torch.sigmoid(model(images))
         maps = model.attention_maps(images)
-        wc = model.category_embeddings()
+        # SRDL's Wc; MMDSR's category queries e = f_w(A0) play that part in its attention.
+        wc = model.category_embeddings() if hasattr(model, "category_embeddings") else \
+            model.dsr.f_w(model.label_embeddings)
     res = {"Wc_cos": _offdiag(wc), "maps_cos": sum(_offdiag(m) for m in maps) / len(maps),
            "maps_r": sum(_offdiag(m, center=True) for m in maps) / len(maps)}
     canvas = draw_attention(images[: args.show], maps[: args.show], probs[: args.show], model.class_names)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--cache-dir", default="runs/featcache")
     r.add_argument("--out", default="runs/heads")
-    r.add_argument("--save-checkpoints", action="store_true", help="also write SRDL's checkpoints (for figures)")
+    r.add_argument("--save-checkpoints", action="store_true", help="also write SRDL's and MMDSR's checkpoints (figures)")
     r.set_defaults(func=run)
     t = sub.add_parser("table")
     t.add_argument("out")
