@@ -8,8 +8,9 @@
 maps of the training and validation sets once (``fastmlr.featcache``, cached in ``--cache-dir``), then
 trains each model's head on them for every seed, one after the other on one thread, and writes
 ``OUT/DATA/MODEL/seedS.json`` (the history; a finished run is skipped when rerun). Models are
-registry names, ``NAME:ABLATION`` for an ablation preset, and ``mlgcn:learned`` for ML-GCN without
-the co-occurrence graph (``mlgcn`` alone uses it). The training and validation sets are the same for
+registry names, ``NAME:ABLATION`` for an ablation preset, ``mlgcn:learned`` for ML-GCN without
+the co-occurrence graph (``mlgcn`` alone uses it), and ``srdl:car+collapsed`` for SRDL as first
+built (uncentred X, the old initialisation), whose categories collapse. The training and validation sets are the same for
 every seed (seed 0 and 1 of the dataset): seeds change the heads' initialisation and batch order.
 """
 
@@ -30,9 +31,24 @@ SIZES = {"scenes": 224, "mosaics": 96}
 KEYS = ("mAP", "CF1", "OF1")
 
 
+def _collapsed_init(model) -> None:
+    """SRDL as first built (the categories collapsed): V = 0.5 randn + 2 I, W_l uniform in +-1/sqrt(E),
+    PyTorch's default f_w, X not centred. For the before/after row of docs/results.md."""
+    E = model.label_embeddings.shape[1]
+    C = model.num_classes
+    model.center_categories = False
+    with torch.no_grad():
+        if model.gcn is not None:
+            model.gcn.adjacency.copy_(torch.randn(C, C) * 0.5 + 2.0 * torch.eye(C))
+            for w in model.gcn.weights:
+                w.uniform_(-1 / math.sqrt(E), 1 / math.sqrt(E))
+        model.f_w.reset_parameters()
+
+
 def _build(spec: str, classes, counts, weights: str, embeddings):
     from fastmlr.models import create_model, model_info
 
+    spec, _, extra = spec.partition("+")
     name, _, variant = spec.partition(":")
     cfg = dict(backbone="mobilenet_v2", weights=weights)
     if model_info(name).label_embeddings:
@@ -41,7 +57,10 @@ def _build(spec: str, classes, counts, weights: str, embeddings):
         cfg["adjacency"] = counts
     elif variant and variant != "learned":
         cfg["ablation"] = variant
-    return create_model(name, len(classes), **cfg)
+    model = create_model(name, len(classes), **cfg)
+    if extra == "collapsed":
+        _collapsed_init(model)
+    return model
 
 
 def run(args) -> None:
@@ -67,7 +86,7 @@ def run(args) -> None:
     emb = load_embeddings(list(train.classes), args.embeddings)
     for seed in [int(s) for s in args.seeds.split(",")]:
         for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
-            path = os.path.join(args.out, args.data, spec.replace(":", "-"), f"seed{seed}.json")
+            path = os.path.join(args.out, args.data, spec.replace(":", "-").replace("+", "-"), f"seed{seed}.json")
             if os.path.exists(path):
                 continue
             print(f"== {args.data} {spec} seed {seed}", flush=True)
