@@ -37,6 +37,7 @@ def _collapsed_init(model) -> None:
     E = model.label_embeddings.shape[1]
     C = model.num_classes
     model.center_categories = False
+    model.config["center_categories"] = False  # so that its checkpoint rebuilds it uncentred
     with torch.no_grad():
         if model.gcn is not None:
             model.gcn.adjacency.copy_(torch.randn(C, C) * 0.5 + 2.0 * torch.eye(C))
