@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
 import sys
 
 import torch
@@ -56,7 +57,7 @@ def dataset_cooccurrence(ds, cache_dir: str | None = DEFAULT_CACHE) -> torch.Ten
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if blob.get("key") == key:
                 return blob["counts"]
-        except Exception as e:  # an unreadable cache is recomputed, not trusted
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # recomputed, not trusted
             print(f"cooccurrence: cache {path} unreadable ({type(e).__name__}); recomputing it", file=sys.stderr)
     counts = label_cooccurrence(targets)
     atomic_write_bytes(path, lambda fh: torch.save({"key": key, "counts": counts}, fh))
@@ -80,7 +81,7 @@ def load_adjacency(path: str, classes) -> torch.Tensor:
         raise SystemExit(f"--adjacency {path}: file does not exist")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise SystemExit(f"--adjacency {path}: cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(blob, dict) or "counts" not in blob:
         raise SystemExit(f"--adjacency {path}: not a file of python -m fastmlr.cooccurrence (no 'counts')")

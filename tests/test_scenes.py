@@ -83,7 +83,10 @@ def test_labels_follow_the_scene_prior():
     t = ds.targets()
     m = (t.T @ t).double()
     names = ds.classes
-    pair = lambda a, b: float(m[names.index(a), names.index(b)])  # noqa: E731
+
+    def pair(a, b):
+        return float(m[names.index(a), names.index(b)])
+
     # Same-scene pairs co-occur far more often than cross-scene ones.
     assert pair("Sandal", "Dress") > 4 * max(pair("Sandal", "Coat"), 1)
     assert pair("Coat", "Pullover") > 4 * max(pair("Coat", "Dress"), 1)
