@@ -85,7 +85,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # -- data ---------------------------------------------------------------------------------------------
 def _datasets(args):
     kw = {}
-    if args.data == "mosaics":
+    if args.data in ("mosaics", "scenes"):
         train_kw = dict(num_images=args.train_size, seed=args.seed)
         val_kw = dict(num_images=args.val_size, seed=args.seed + 1)
     else:
@@ -128,7 +128,7 @@ def _resolve_weights(args) -> str | None:
     return "imagenet" if offline_imagenet_weights(args.backbone) else None
 
 
-def _model_cfg(args, classes) -> dict:
+def _model_cfg(args, classes, train_ds=None) -> dict:
     from .models import model_info
 
     info = model_info(args.model)
@@ -143,6 +143,15 @@ def _model_cfg(args, classes) -> dict:
     for option, (_flag, value) in train_args.OPTION_FLAGS.items():
         if option in info.options and value(args) is not None:
             cfg[option] = value(args)
+    if args.adjacency != "learned":
+        if "adjacency" not in info.options:
+            raise UsageError(f"--adjacency {args.adjacency}: model {args.model!r} has no label graph to set")
+        from .cooccurrence import dataset_cooccurrence, load_adjacency
+
+        if args.adjacency == "cooccurrence":
+            cfg["adjacency"] = dataset_cooccurrence(train_ds)
+        else:
+            cfg["adjacency"] = load_adjacency(args.adjacency, classes)
     return cfg
 
 
@@ -205,7 +214,7 @@ def _train(args) -> dict:
         check_compatible(ckpt, class_names=classes)
 
     torch.manual_seed(args.seed)  # same initial weights for the same seed, resumed or not
-    model = create_model(args.model, len(classes), **_model_cfg(args, classes)).to(device)
+    model = create_model(args.model, len(classes), **_model_cfg(args, classes, train_ds)).to(device)
     if ckpt is not None:
         _check_same_model(model, ckpt)
         load_state(model, ckpt)

@@ -55,16 +55,21 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     a.add_argument("--oe-k", type=int, default=None, help="object erasing's top-K (option oe_k; model default 3)")
     a.add_argument("--oe-alpha", type=float, default=None,
                    help="object erasing's threshold in (0, 1] (option oe_alpha; model default 0.5)")
+    a.add_argument(
+        "--adjacency", default="learned",
+        help="label graph of mlgcn / srdl: learned, cooccurrence (ML-GCN's correlation matrix from the "
+        "training labels; SRDL: V's initialisation), or a file of python -m fastmlr.cooccurrence",
+    )
     a.add_argument("--backend", default=None, help="fastmlr.ops backend (default: fastest for the device)")
     d = p.add_argument_group("data")
-    d.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
+    d.add_argument("--data", default="mosaics", help="mosaics | scenes | voc | coco | list")
     d.add_argument("--data-root", default=None, help="dataset folder (voc, coco), JSONL file (list), idx folder (mosaics)")
     d.add_argument("--classes-file", default=None, help="class names, one per line (list format)")
     d.add_argument("--train-split", default=None, help="default: trainval (voc), train (others)")
     d.add_argument("--val-split", default=None, help="default: test (voc), val (others)")
     d.add_argument("--val-data-root", default=None, help="JSONL for validation (list format)")
-    d.add_argument("--train-size", type=int, default=4000, help="mosaics: number of training images")
-    d.add_argument("--val-size", type=int, default=1000, help="mosaics: number of validation images")
+    d.add_argument("--train-size", type=int, default=4000, help="mosaics, scenes: number of training images")
+    d.add_argument("--val-size", type=int, default=1000, help="mosaics, scenes: number of validation images")
     d.add_argument("--image-size", type=int, default=448, help=f"input side in pixels (>= {MIN_IMAGE_SIZE})")
     d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     o = p.add_argument_group("optimisation (paper 4.2; on --resume, left-out flags keep the checkpoint's values)")
@@ -115,7 +120,7 @@ def check_args(args) -> None:
     _need(args.oe_k is None or args.oe_k >= 1, f"--oe-k {args.oe_k}: expected an integer >= 1")
     _need(args.oe_alpha is None or 0.0 < args.oe_alpha <= 1.0, f"--oe-alpha {args.oe_alpha}: expected a value in (0, 1]")
     _need(args.data in DATASETS, f"--data {args.data}: unknown dataset; known: {', '.join(DATASETS)}")
-    if args.data == "mosaics":
+    if args.data in ("mosaics", "scenes"):
         _need(args.train_size >= 1, f"--train-size {args.train_size}: expected >= 1 image")
         _need(args.val_size >= 1, f"--val-size {args.val_size}: expected >= 1 image")
     elif args.data_root is None:

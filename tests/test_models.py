@@ -79,6 +79,8 @@ def _head_by_hand(m, fmap):
         v_hat = torch.softmax(m.gcn.adjacency, dim=1)
         for w in m.gcn.weights:
             a = F.leaky_relu(v_hat @ a @ w, 0.2)
+    if m.center_categories:  # docs/srdl.md, fastmlr's resolutions: X centred over categories
+        a = a - a.mean(dim=0, keepdim=True)
     wc = a @ m.f_w.weight.T + m.f_w.bias
     C = wc.shape[0]
     gmp = f.amax(dim=2)

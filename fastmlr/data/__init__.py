@@ -16,24 +16,26 @@ from .datasets import (
     read_classes_file,
 )
 from .mosaics import FASHION_CLASSES, SCENES, FashionMosaics, load_fashion_mnist, read_idx
+from .scenes import FashionScenes
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform, denormalize, load_image
 
-DATASETS = ("voc", "coco", "list", "mosaics")
+DATASETS = ("voc", "coco", "list", "mosaics", "scenes")
 
 # Split names build_dataset accepts, mapped to each dataset's own.
 _SPLITS = {
     "voc": {"trainval": "trainval", "train": "trainval", "test": "test", "val": "test"},
     "coco": {"train": "train", "val": "val"},
     "mosaics": {"train": "train", "val": "val", "test": "val"},
+    "scenes": {"train": "train", "val": "val", "test": "val"},
 }
 
 
 def build_dataset(name: str, root=None, split: str = "train", image_size: int = 448, train: bool | None = None, **kw):
-    """Build a dataset by name: "voc", "coco", "list" or "mosaics".
+    """Build a dataset by name: "voc", "coco", "list", "mosaics" or "scenes".
 
     root: the VOC2007 folder, the COCO folder, the jsonl file ("list", which
     also needs ``classes_file=``), or the Fashion-MNIST folder ("mosaics",
-    optional). ``train`` (augmentation on) defaults to ``split`` starting with
+    "scenes", optional). ``train`` (augmentation on) defaults to ``split`` starting with
     "train". Other keywords go to the dataset's constructor.
     """
     if name not in DATASETS:
@@ -54,6 +56,8 @@ def build_dataset(name: str, root=None, split: str = "train", image_size: int = 
         if "classes_file" not in kw:
             raise ValueError("dataset 'list' needs classes_file= (one class name per line)")
         return ListDataset(root, image_size=image_size, train=train, **kw)
+    if name == "scenes":
+        return FashionScenes(split=split, image_size=image_size, train=train, root=root, **kw)
     return FashionMosaics(split=split, image_size=image_size, train=train, root=root, **kw)
 
 
@@ -62,6 +66,7 @@ __all__ = [
     "DATASETS",
     "FASHION_CLASSES",
     "FashionMosaics",
+    "FashionScenes",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageListDataset",

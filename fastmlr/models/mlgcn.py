@@ -21,77 +21,29 @@ before any dataset statistics exist:
   ``tau`` (0.4), re-weighted so each row gives ``p`` (0.2) to its neighbours
   together and ``1 - p`` to itself, then normalised ``D^-1/2 A D^-1/2``. It is
   a fixed buffer, saved with the model.
-- otherwise: a learned adjacency, SRDL's :class:`~fastmlr.models.srdl.LabelGraph`
+- otherwise: a learned adjacency, SRDL's :class:`~fastmlr.models.graph.LabelGraph`
   (a C x C parameter around a dominant self-loop, used as ``softmax(V, dim=1)``);
   only its adjacency is used, since its square E x E layer weights cannot map
   E -> hidden -> D. This departs from the paper, which never learns the graph:
   pass ``adjacency`` for the paper's model.
 
-A checkpoint records which of the two was used (``config["fixed_adjacency"]``);
+``python -m fastmlr.cooccurrence`` (or ``fastmlr.cooccurrence.label_cooccurrence``)
+makes the counts from any fastmlr dataset; ``python -m fastmlr.train --adjacency
+cooccurrence`` passes them. A checkpoint records which of the two was used (``config["fixed_adjacency"]``);
 rebuilding a fixed-graph model without ``adjacency`` makes a placeholder
 buffer that the checkpoint's state dict then fills.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._registry import register_model
 from .backbones import Backbone
 from .base import MLRModel, fold_buffer, label_embeddings_or_random
-from .srdl import LabelGraph
-
-
-def correlation_matrix(adjacency: Tensor, tau: float = 0.4, p: float = 0.2) -> Tensor:
-    """ML-GCN's re-weighted, binarised correlation matrix, normalised (paper eq. 7-8).
-
-    Args:
-        adjacency (Tensor[C, C]): co-occurrence counts (diagonal: occurrences of
-            each label) or conditional probabilities ``P[i, j] = P(L_j | L_i)``.
-        tau: binarisation threshold on ``P``.
-        p: total weight a node gives its neighbours (``1 - p`` stays on itself).
-    Returns:
-        ``D^-1/2 A' D^-1/2`` (Tensor[C, C], float32).
-    """
-    a = torch.as_tensor(adjacency, dtype=torch.float64)
-    if a.dim() != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"adjacency must be a square C x C matrix, got shape {tuple(a.shape)}")
-    if not torch.isfinite(a).all() or (a < 0).any():
-        raise ValueError("adjacency must hold non-negative finite co-occurrence counts or probabilities")
-    if not 0.0 <= tau <= 1.0 or not 0.0 <= p <= 1.0:
-        raise ValueError(f"tau and p must be in [0, 1], got tau={tau}, p={p}")
-    C = a.shape[0]
-    eye = torch.eye(C, dtype=torch.bool)
-    if (a > 1).any():  # counts: P(j | i) = M[i, j] / M[i, i]
-        occ = a.diagonal().clone()
-        prob = a / occ.clamp_min(1.0)[:, None]
-    else:
-        prob = a
-    binary = (prob >= tau) & ~eye
-    deg = binary.sum(dim=1, keepdim=True).to(torch.float64)
-    # Rows with no neighbour above tau keep all their weight on themselves.
-    off = torch.where(deg > 0, binary.to(torch.float64) * p / deg.clamp_min(1.0), torch.zeros_like(a))
-    self_w = torch.where(deg[:, 0] > 0, torch.full((C,), 1.0 - p, dtype=torch.float64), torch.ones(C, dtype=torch.float64))
-    a_re = off + torch.diag(self_w)
-    d = a_re.sum(dim=1).pow(-0.5)
-    return (d[:, None] * a_re * d[None, :]).to(torch.float32)
-
-
-class GraphConv(nn.Module):
-    """One GCN layer without its non-linearity: ``A_hat @ H @ W``. H (Tensor[C, in]) -> (Tensor[C, out])."""
-
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        bound = 1 / math.sqrt(out_dim)
-        self.weight = nn.Parameter(torch.empty(in_dim, out_dim).uniform_(-bound, bound))
-
-    def forward(self, h: Tensor, adj: Tensor) -> Tensor:
-        return adj @ (h @ self.weight)
+from .graph import GraphConv, LabelGraph, correlation_matrix
 
 
 class MLGCN(MLRModel):
@@ -181,6 +133,6 @@ class MLGCN(MLRModel):
         return x @ self.classifiers().to(x.dtype).t()
 
 
-@register_model("mlgcn", label_embeddings=True)
+@register_model("mlgcn", label_embeddings=True, options=("adjacency",))
 def mlgcn(num_classes: int, **cfg) -> MLGCN:
     return MLGCN(num_classes, **cfg)

@@ -19,13 +19,13 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
 from .base import MLRModel, apply_ablation, fold_buffer, label_embeddings_or_random, masked_bce
+from .graph import LabelGraph, reweighted_correlation
 
 # Paper tables 5 and 6, each a configuration of the one model.
 ABLATIONS: dict[str, dict] = {
@@ -35,34 +35,6 @@ ABLATIONS: dict[str, dict] = {
     "car_no_sa": dict(use_oe=False, use_sa=False),
     "car_oe": dict(use_oe=True),
 }
-
-
-class LabelGraph(nn.Module):
-    """Eq. 3: ``A_{l+1} = LeakyReLU(V_hat A_l W_l)`` over a learned adjacency V.
-
-    ``V_hat = softmax(V, dim=1)`` (docs/srdl.md, fastmlr's resolutions). V starts
-    random around a dominant self-loop, so each category first draws mostly on
-    its own embedding instead of a near-uniform average of all of them.
-
-    forward: A0 (Tensor[C, E]) -> X (Tensor[C, E]).
-    """
-
-    def __init__(self, num_classes: int, dim: int, layers: int = 2, self_loop: float = 2.0):
-        super().__init__()
-        self.adjacency = nn.Parameter(torch.randn(num_classes, num_classes) * 0.5 + self_loop * torch.eye(num_classes))
-        self.weights = nn.ParameterList(
-            [nn.Parameter(torch.empty(dim, dim).uniform_(-1 / math.sqrt(dim), 1 / math.sqrt(dim))) for _ in range(layers)]
-        )
-
-    def normalized_adjacency(self) -> Tensor:
-        return torch.softmax(self.adjacency, dim=1)
-
-    def forward(self, a0: Tensor) -> Tensor:
-        v_hat = self.normalized_adjacency()
-        a = a0
-        for w in self.weights:
-            a = F.leaky_relu(v_hat @ a @ w, negative_slope=0.2)
-        return a
 
 
 class SRDL(MLRModel):
@@ -77,6 +49,12 @@ class SRDL(MLRModel):
         use_gcn, use_ca, use_sa, use_oe: the ablation switches.
         oe_k, oe_alpha: OE's top-K and threshold.
         gcn_layers: L.
+        adjacency (Tensor[C, C] | None): label co-occurrence counts or probabilities; when given,
+            V starts as ML-GCN's re-weighted correlation matrix (``fastmlr.models.graph``) instead
+            of a dominant self-loop. Only the initialisation: V is learned either way.
+        tau, p: that correlation matrix's threshold and re-weighting.
+        center_categories: subtract the mean over categories from X before ``f_w`` (docs/srdl.md,
+            fastmlr's resolutions: what every category shares goes to ``f_w``'s bias).
     """
 
     def __init__(
@@ -93,6 +71,10 @@ class SRDL(MLRModel):
         oe_k: int = 3,
         oe_alpha: float = 0.5,
         gcn_layers: int = 2,
+        adjacency: Tensor | None = None,
+        tau: float = 0.4,
+        p: float = 0.2,
+        center_categories: bool = True,
         ablation: str | None = None,
     ):
         sw = apply_ablation("SRDL", ABLATIONS, ablation, use_gcn=use_gcn, use_ca=use_ca, use_sa=use_sa, use_oe=use_oe)
@@ -112,6 +94,7 @@ class SRDL(MLRModel):
             dict(
                 backbone=backbone, embed_dim=int(embed_dim), use_gcn=use_gcn, use_ca=use_ca, use_sa=use_sa,
                 use_oe=use_oe, oe_k=int(oe_k), oe_alpha=float(oe_alpha), gcn_layers=int(gcn_layers),
+                center_categories=bool(center_categories),
             ),
         )
         self.use_gcn, self.use_ca, self.use_sa, self.use_oe = use_gcn, use_ca, use_sa, use_oe
@@ -123,8 +106,11 @@ class SRDL(MLRModel):
         self.register_buffer("label_embeddings", embeddings.clone())
         # Wc once computed, set by fold_constants (None: computed from the label graph each call).
         self.register_buffer("folded_category_embeddings", None, persistent=False)
-        self.gcn = LabelGraph(num_classes, embed_dim, gcn_layers) if use_gcn else None
+        init_graph = reweighted_correlation(adjacency, tau, p) if adjacency is not None else None
+        self.gcn = LabelGraph(num_classes, embed_dim, gcn_layers, init_graph=init_graph) if use_gcn else None
+        self.center_categories = bool(center_categories) and num_classes > 1
         self.f_w = nn.Linear(embed_dim, D)
+        nn.init.zeros_(self.f_w.bias)  # a shared bias would start every category on one vector
         if use_ca:
             self.f_ca = nn.Linear(D, D)
             self.f_c = nn.Linear(D, D)
@@ -137,10 +123,12 @@ class SRDL(MLRModel):
 
     # -- the pieces of the head, each a step of docs/srdl.md --------------------------------------
     def category_embeddings(self) -> Tensor:
-        """Steps 2-3: ``Wc = f_w(X)`` (Tensor[C, D])."""
+        """Steps 2-3: ``Wc = f_w(X - mean_c X)`` (Tensor[C, D]; X uncentred without center_categories)."""
         if self.folded_category_embeddings is not None:
             return self.folded_category_embeddings.to(self.cls_weight.dtype)
         x = self.gcn(self.label_embeddings) if self.gcn is not None else self.label_embeddings
+        if self.center_categories:
+            x = x - x.mean(dim=0, keepdim=True)
         return self.f_w(x)
 
     def channel_attention(self, f: Tensor, wc: Tensor) -> Tensor:
@@ -221,6 +209,6 @@ class SRDL(MLRModel):
         return out["sa"].reshape(out["sa"].shape[0], -1, H, W)
 
 
-@register_model("srdl", label_embeddings=True, ablations=ABLATIONS, options=("oe_k", "oe_alpha", "use_oe"))
+@register_model("srdl", label_embeddings=True, ablations=ABLATIONS, options=("oe_k", "oe_alpha", "use_oe", "adjacency"))
 def srdl(num_classes: int, **cfg) -> SRDL:
     return SRDL(num_classes, **cfg)
