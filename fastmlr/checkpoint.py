@@ -161,11 +161,12 @@ def model_from_checkpoint(ckpt: dict | str) -> torch.nn.Module:
 
     The ops backend is not part of a model: choose it with ``fastmlr.ops.use_backend`` around the calls.
     """
-    from .models import create_model
+    from .models import create_model, model_info
 
     if isinstance(ckpt, str):
         ckpt = load_checkpoint(ckpt)
-    cfg = dict(ckpt["config"])
+    # Options added after a checkpoint was saved take the value its model was trained with.
+    cfg = {**model_info(ckpt["model"]).legacy, **ckpt["config"]}
     cfg["weights"] = "none"  # the state dict below replaces any initial weights
     if "label_embeddings" in ckpt["state_dict"]:
         cfg["embeddings"] = ckpt["state_dict"]["label_embeddings"]

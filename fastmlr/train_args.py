@@ -117,6 +117,10 @@ def check_args(args) -> None:
         if value(args) is not None and option not in info.options:
             takes = ", ".join(info.options) or "none"
             raise UsageError(f"{flag}: model {args.model!r} takes no option {option!r} (its options: {takes})")
+    if args.adjacency != "learned":
+        _need("adjacency" in info.options, f"--adjacency {args.adjacency}: model {args.model!r} has no label graph to set")
+        _need(args.adjacency == "cooccurrence" or os.path.isfile(args.adjacency),
+              f"--adjacency {args.adjacency}: expected learned, cooccurrence or an existing file")
     _need(args.oe_k is None or args.oe_k >= 1, f"--oe-k {args.oe_k}: expected an integer >= 1")
     _need(args.oe_alpha is None or 0.0 < args.oe_alpha <= 1.0, f"--oe-alpha {args.oe_alpha}: expected a value in (0, 1]")
     _need(args.data in DATASETS, f"--data {args.data}: unknown dataset; known: {', '.join(DATASETS)}")

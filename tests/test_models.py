@@ -181,3 +181,23 @@ def test_attention_maps_shape():
     maps = m.attention_maps(torch.randn(2, 3, 96, 64, dtype=torch.float64))
     assert maps.shape == (2, 4, 3, 2) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert tiny_srdl(ablation="car_no_sa").attention_maps(torch.randn(1, 3, 64, 64, dtype=torch.float64)) is None
+
+
+def test_srdl_checkpoint_from_before_the_centring_rebuilds_uncentred(tmp_path):
+    """A checkpoint saved without ``center_categories`` computed Wc = f_w(X): it is rebuilt that way."""
+    from fastmlr.checkpoint import model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    old = create_model("srdl", 4, backbone="resnet18", weights="none", center_categories=False).eval()
+    cfg = {k: v for k, v in old.config.items() if k != "center_categories"}  # as such checkpoints hold it
+    path = str(tmp_path / "old.pt")
+    save_checkpoint(path, {"model": "srdl", "num_classes": 4, "config": cfg, "class_names": list("abcd"),
+                           "state_dict": old.state_dict()})
+    back = model_from_checkpoint(path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert back.center_categories is False
+        torch.testing.assert_close(back(x), old(x), rtol=0, atol=0)
+        centred = create_model("srdl", 4, backbone="resnet18", weights="none").eval()
+        centred.load_state_dict(old.state_dict())
+        assert (centred(x) - old(x)).abs().max() > 1e-4  # the option matters, so the test can fail

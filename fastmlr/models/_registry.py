@@ -22,23 +22,28 @@ class ModelInfo:
     label_embeddings: bool = False  # the factory takes ``embeddings`` (Tensor[C, E])
     ablations: dict = field(default_factory=dict)  # preset name -> switches, passed as ``ablation=``
     options: tuple[str, ...] = ()  # keyword options of the factory that commands may set (e.g. "oe_k")
+    # Config values of checkpoints saved before an option existed: what those models computed.
+    legacy: dict = field(default_factory=dict)
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, label_embeddings: bool = False, ablations: dict | None = None, options: tuple[str, ...] = ()
+    name: str, *, label_embeddings: bool = False, ablations: dict | None = None, options: tuple[str, ...] = (),
+    legacy: dict | None = None,
 ):
     """Decorator: register ``fn(num_classes, **cfg) -> nn.Module`` under ``name``.
 
-    ``options`` names the keyword arguments of ``fn`` that commands may set from their flags.
+    ``options`` names the keyword arguments of ``fn`` that commands may set from their flags;
+    ``legacy`` the config values a checkpoint without that key was trained with (its option came later).
     """
 
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}), tuple(options))
+        _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}), tuple(options),
+                                  dict(legacy or {}))
         return fn
 
     return deco

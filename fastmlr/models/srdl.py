@@ -209,6 +209,8 @@ class SRDL(MLRModel):
         return out["sa"].reshape(out["sa"].shape[0], -1, H, W)
 
 
-@register_model("srdl", label_embeddings=True, ablations=ABLATIONS, options=("oe_k", "oe_alpha", "use_oe", "adjacency"))
+@register_model("srdl", label_embeddings=True, ablations=ABLATIONS, options=("oe_k", "oe_alpha", "use_oe", "adjacency"),
+                # Checkpoints from before the centring (docs/srdl.md) computed f_w(X) uncentred.
+                legacy={"center_categories": False})
 def srdl(num_classes: int, **cfg) -> SRDL:
     return SRDL(num_classes, **cfg)
