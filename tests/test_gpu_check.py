@@ -143,10 +143,10 @@ def test_report_writer_writes_the_result_and_a_readable_summary(gpu_check, tmp_p
 
 def test_pytest_summary_figures(gpu_check):
     step = {"figures": {}}
-    text = "....F.s\nFAILED tests/test_a.py::test_b - assert 1 == 2\n1 failed, 5 passed, 1 skipped in 3.21s\n"
+    text = "....F.s\nFAILED tests/test_a.py::test_b - assert x == y\n1 failed, 5 passed, 1 skipped in 3.21s\n"
     gpu_check._pytest_figures(step, text)
     assert step["figures"] == {"failed": 1, "passed": 5, "skipped": 1,
-                               "failures": ["tests/test_a.py::test_b - assert 1 == 2"]}
+                               "failures": ["tests/test_a.py::test_b - assert x == y"]}
 
 
 def test_bench_commands_follow_the_flags_its_help_lists(gpu_check, tmp_path):

@@ -136,6 +136,19 @@ def load_fashion_mnist(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]
     return _IDX_CACHE[key]
 
 
+def photos_by_class(root: str, split: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The Fashion-MNIST photos of ``split`` and, per class, the indices of its photos.
+
+    Raises ValueError naming the folder when a class has no photo (the datasets draw from every class).
+    """
+    photos, labels = load_fashion_mnist(root, split)
+    by_class = [np.flatnonzero(labels == c) for c in range(len(FASHION_CLASSES))]
+    empty = [FASHION_CLASSES[c] for c, idx in enumerate(by_class) if idx.size == 0]
+    if empty:
+        raise ValueError(f"Fashion-MNIST {split} files in {root!r} hold no photo of class(es) {empty}")
+    return photos, by_class
+
+
 class FashionMosaics(Dataset):
     """Multi-label mosaics of Fashion-MNIST photos.
 
@@ -177,11 +190,7 @@ class FashionMosaics(Dataset):
         # tensor as build_transform on the RGB canvas at a third of the cost. A user transform gets RGB.
         self.transform = transform if transform is not None else build_grey_transform(image_size, train)
         self._grey_transform = transform is None
-        self._photos, labels = load_fashion_mnist(self.root, split)
-        self._by_class = [np.flatnonzero(labels == c) for c in range(len(self.classes))]
-        empty = [self.classes[c] for c, idx in enumerate(self._by_class) if idx.size == 0]
-        if empty:
-            raise ValueError(f"Fashion-MNIST {split} files in {self.root!r} hold no photo of class(es) {empty}")
+        self._photos, self._by_class = photos_by_class(self.root, split)
 
     def __len__(self) -> int:
         return self.num_images

@@ -38,7 +38,7 @@ from .mosaics import (
     SCENES,
     _shrink_matrix,
     fmnist_dir,
-    load_fashion_mnist,
+    photos_by_class,
 )
 from .transforms import build_grey_transform
 
@@ -90,11 +90,7 @@ class FashionScenes(Dataset):
         self.classes = list(FASHION_CLASSES)
         self.transform = transform if transform is not None else build_grey_transform(image_size, train)
         self._grey_transform = transform is None
-        self._photos, labels = load_fashion_mnist(self.root, split)
-        self._by_class = [np.flatnonzero(labels == c) for c in range(len(self.classes))]
-        empty = [self.classes[c] for c, idx in enumerate(self._by_class) if idx.size == 0]
-        if empty:
-            raise ValueError(f"Fashion-MNIST {split} files in {self.root!r} hold no photo of class(es) {empty}")
+        self._photos, self._by_class = photos_by_class(self.root, split)
         k = self.canvas / CANVAS
         self._sides = (max(8, round(MIN_SIDE * k)), max(9, round(MAX_SIDE * k)))
 
