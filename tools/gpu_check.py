@@ -399,7 +399,7 @@ def ops_bench(out_file: Path, iters: int = 20, warmup: int = 3) -> None:
                         else:
                             cell["max_abs_diff"] = float((out.double() - ref_out.double()).abs().max())
                     del out
-                    cell["forward"] = _time_ms(lambda: fn(*inputs, backend=backend), iters, warmup)  # noqa: B023
+                    cell["forward"] = _time_ms(lambda xs=inputs, b=backend: fn(*xs, backend=b), iters, warmup)
                     if op != "oe_boxes":
                         leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
                         grad = torch.ones_like(fn(*leaves, backend=backend))
