@@ -362,11 +362,11 @@ def test_tensorrt_and_triton_plan_sidecars_carry_them(calibrated, tmp_path, monk
     """The TensorRT path with the recording stand-in for tensorrt of test_export (no GPU needed)."""
     import sys
 
-    from test_export import _fake_tensorrt
+    from fakes import fake_tensorrt
 
     from fastmlr.deploy import probe
 
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt([]))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt([]))
     monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
     t = load_checkpoint(calibrated["path"])["thresholds"]
     repo = tmp_path / "repo"
