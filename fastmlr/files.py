@@ -38,6 +38,21 @@ def _published_bits() -> int:
     return 0o666 & ~umask
 
 
+def creatable_folder_problem(folder: str) -> str | None:
+    """Why files cannot be created in ``folder`` (or where it would be created), else None.
+
+    A missing folder is judged by its first existing ancestor: that must be a writable folder.
+    """
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"folder {probe} is not writable"
+    return None
+
+
 def check_replaceable(path: str, what: str = "") -> None:
     """Raise :class:`ReadOnlyTarget` unless ``path`` may be written or replaced by an atomic write.
 
@@ -56,13 +71,9 @@ def check_replaceable(path: str, what: str = "") -> None:
                 f"{label} is read-only (mode {stat.S_IMODE(mode):04o}), so it is not replaced: "
                 f"make it writable (chmod u+w), remove it, or write elsewhere"
             )
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ReadOnlyTarget(f"{label} cannot be created: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ReadOnlyTarget(f"{label} cannot be written: folder {folder} is not writable")
+    problem = creatable_folder_problem(os.path.dirname(os.path.abspath(path)))
+    if problem:
+        raise ReadOnlyTarget(f"{label} cannot be written: {problem}")
 
 
 def check_targets(paths: Iterable[tuple[str, str]]) -> None:

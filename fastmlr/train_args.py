@@ -14,6 +14,7 @@ import math
 import os
 
 from .engine import UsageError
+from .files import creatable_folder_problem
 
 # Optimisation defaults (SRDL paper, section 4.2). On --resume, a flag left out takes the
 # checkpoint's value instead, so args.json always records what the run used.
@@ -156,13 +157,9 @@ def check_out(args) -> None:
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; expected a folder for {', '.join(RUN_FILES)}")
-    probe = os.path.abspath(out)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"--out {out}: {probe} is a file, so the folder cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: {probe} is not writable")
+    problem = creatable_folder_problem(out)
+    if problem:
+        raise UsageError(f"--out {out}: {problem}, so the run's folder cannot be created")
     found = earlier_run(out)
     if found and not (args.resume or args.overwrite):
         raise UsageError(
