@@ -270,3 +270,39 @@ def mp_cosine(v, w, eps=1e-8):
                     tot += sum(a[d] * b[d] for d in range(D)) / (na * nb)
                 out[n, i, j] = tot / K
     return out
+
+
+def mp_cosine_grad(v, w, g, eps=1e-8):
+    """(dv, dw, dv_terms, dw_terms) of sum(g * S), S = mp_cosine(v, w), by loops in float64.
+
+    ``*_terms`` hold, per element, the sum of the absolute values of the terms that the gradient
+    adds up (the magnitude a rounding error scales with where they cancel, as they do exactly
+    when D = 1: every cosine is +-1 whatever v, so every gradient is 0)."""
+    v, w, g = v.double().tolist(), w.double().tolist(), g.double().tolist()
+    N, C, D, K = len(v), len(v[0]), len(v[0][0]), len(w)
+    dv, dvm = torch.zeros(N, C, D, dtype=torch.float64), torch.zeros(N, C, D, dtype=torch.float64)
+    dw, dwm = torch.zeros(K, D, dtype=torch.float64), torch.zeros(K, D, dtype=torch.float64)
+    for n in range(N):
+        for k in range(K):
+            a = [[w[k][d] * v[n][i][d] for d in range(D)] for i in range(C)]
+            norm = [math.sqrt(sum(t * t for t in a[i])) for i in range(C)]
+            nrm = [max(x, eps) for x in norm]
+            u = [[a[i][d] / nrm[i] for d in range(D)] for i in range(C)]
+            for i in range(C):
+                # dL/du_i = 1/K sum_j (g_ij + g_ji) u_j, and the size of what it sums
+                h = [sum((g[n][i][j] + g[n][j][i]) * u[j][d] for j in range(C)) / K for d in range(D)]
+                hm = [sum(abs(g[n][i][j] + g[n][j][i]) * abs(u[j][d]) for j in range(C)) / K for d in range(D)]
+                if norm[i] > eps:  # through the normalisation: (h - u (u . h)) / |a|
+                    uh = sum(u[i][d] * h[d] for d in range(D))
+                    uhm = sum(abs(u[i][d]) * hm[d] for d in range(D))
+                    da = [(h[d] - u[i][d] * uh) / nrm[i] for d in range(D)]
+                    dam = [(hm[d] + abs(u[i][d]) * uhm) / nrm[i] for d in range(D)]
+                else:  # clamped norm: a / eps
+                    da = [h[d] / eps for d in range(D)]
+                    dam = [hm[d] / eps for d in range(D)]
+                for d in range(D):
+                    dv[n, i, d] += w[k][d] * da[d]
+                    dvm[n, i, d] += abs(w[k][d]) * dam[d]
+                    dw[k, d] += v[n][i][d] * da[d]
+                    dwm[k, d] += abs(v[n][i][d]) * dam[d]
+    return dv, dw, dvm, dwm

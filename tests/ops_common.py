@@ -29,6 +29,12 @@ LOW_PRECISION_FLOOR = {
     "cpu": {torch.float16: 1e-3, torch.bfloat16: 2e-2},
     "cuda": {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2},
 }
+# Where a result is a sum of terms that cancel (a gradient near zero), its rounding error scales
+# with the size of those terms, not with the result: each of the kernels' few roundings per term
+# costs at most the unit roundoff times that term. TERM_ROUNDINGS units of roundoff per unit of
+# term size bound what was measured (at most 3.4 units, float32, every backend, both CPU families).
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+TERM_ROUNDINGS = 64
 EXACT = (torch.float32, torch.float64)
 LOW = (torch.float16, torch.bfloat16)
 
@@ -61,21 +67,45 @@ def cases(op: str, dtypes=EXACT, devices=("cpu", "cuda")) -> list:
     return params
 
 
-def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str, terms: torch.Tensor | None = None):
+    """``got`` within TOL of ``want``; with ``terms`` (per element, the sum of the absolute values of
+    the terms that ``want`` adds up), the absolute tolerance of an element grows to TERM_ROUNDINGS
+    unit roundoffs of its terms where that is larger."""
     atol, rtol = TOL[dtype]
     assert got.dtype == dtype and got.shape == want.shape, f"{what}: {got.dtype} {tuple(got.shape)}"
-    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), atol=atol, rtol=rtol,
-                               msg=lambda m: f"{what}: {m}")
+    got, want = got.double().cpu(), want.double().cpu()
+    if terms is None:
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+        return
+    bound = torch.clamp(TERM_ROUNDINGS * UNIT_ROUNDOFF[dtype] * terms.double().cpu(), min=atol) + rtol * want.abs()
+    excess = (got - want).abs() - bound
+    i = int(excess.flatten().argmax())
+    assert excess.flatten()[i] <= 0 and not got.isnan().any(), (
+        f"{what}: element {i} is {got.flatten()[i].item():.9g}, expected {want.flatten()[i].item():.9g} "
+        f"(difference {abs(got.flatten()[i] - want.flatten()[i]).item():.3g}, allowed {bound.flatten()[i].item():.3g} "
+        f"for terms of size {terms.flatten()[i].item():.3g})")
+
+
+def abs_terms(ref_op, raw: tuple, g: torch.Tensor) -> list:
+    """Per input, ``|J|^T |g|`` in float64: the size of the terms each element of the gradient
+    ``J^T g`` adds up (it cancels where g's signs do). Misses cancellation inside J itself; an op
+    whose Jacobian is a difference of terms gives its own (naive_ref.mp_cosine_grad)."""
+    ins = tuple(t.detach().double().cpu() for t in raw)
+    jac = torch.autograd.functional.jacobian(ref_op, ins)
+    ga = g.double().cpu().abs()
+    return [(j.abs() * ga.reshape(ga.shape + (1,) * t.dim())).flatten(0, ga.dim() - 1).sum(0)
+            for j, t in zip(jac, ins)]
 
 
 def leaves(*ts, dtype, device="cpu"):
     return [t.detach().to(device=device, dtype=dtype).requires_grad_() for t in ts]
 
 
-def grads_against_reference(case: Case, op: str, ref_op, raw: tuple, seed: int = 1, generator=None):
-    """(out, grads, ref_out, ref_grads): the op on ``case`` and the float64 reference on the same
-    values, both backpropagated from the same random output gradient (drawn from ``generator``
-    in float32 if given, else from a float64 one seeded ``seed``)."""
+def grads_against_reference(case: Case, op: str, ref_op, raw: tuple, seed: int = 1, generator=None, terms=abs_terms):
+    """(out, grads, ref_out, ref_grads, grad_terms): the op on ``case`` and the float64 reference on
+    the same values, both backpropagated from the same random output gradient g (drawn from
+    ``generator`` in float32 if given, else from a float64 one seeded ``seed``); ``grad_terms`` is
+    ``terms(ref_op, inputs, g)``, the size of what each gradient element sums (see :func:`close`)."""
     ins = leaves(*raw, dtype=case.dtype, device=case.device)
     out = case.call(op, *ins)
     if generator is not None:
@@ -85,8 +115,9 @@ def grads_against_reference(case: Case, op: str, ref_op, raw: tuple, seed: int =
     grads = torch.autograd.grad(out, ins, g.to(out))
     ref_ins = leaves(*(t.to(case.dtype) for t in raw), dtype=torch.float64)
     ref = ref_op(*ref_ins)
-    ref_grads = torch.autograd.grad(ref, ref_ins, g.to(case.dtype).double())
-    return out, grads, ref, ref_grads
+    g64 = g.to(case.dtype).double()
+    ref_grads = torch.autograd.grad(ref, ref_ins, g64)
+    return out, grads, ref, ref_grads, terms(ref_op, tuple(t.detach() for t in ref_ins), g64)
 
 
 def err_bound(got, ref64, same_dtype_ref, floor, what):

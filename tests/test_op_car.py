@@ -25,13 +25,13 @@ SHAPES = [(1, 1, 1, 1), (2, 3, 7, 5), (3, 5, 13, 33), (3, 1, 13, 4), (1, 5, 1, 9
 def test_spatial_attention_forward_and_gradients(case, shape):
     N, C, P, D = shape
     raw = sa_inputs(*shape)
-    out, grads, ref, ref_grads = grads_against_reference(case, "car_spatial_attention",
-                                                         reference.car_spatial_attention_ref, raw)
+    out, grads, ref, ref_grads, terms = grads_against_reference(case, "car_spatial_attention",
+                                                                reference.car_spatial_attention_ref, raw)
     assert out.device.type == case.device and out.shape == (N, C, P)
     close(out, naive_ref.spatial_attention(*(t.to(case.dtype) for t in raw)), case.dtype, "SA vs loops")
     close(out, ref, case.dtype, "SA")
-    for name, got, want in zip(("du", "dwc", "ds", "db"), grads, ref_grads):
-        close(got, want, case.dtype, name)
+    for name, got, want, size in zip(("du", "dwc", "ds", "db"), grads, ref_grads, terms):
+        close(got, want, case.dtype, name, terms=size)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -40,12 +40,12 @@ def test_car_pool_forward_and_gradients(case, shape):
     N, C, P, D = shape
     raw = pool_inputs(*shape)
     # Random data: no ties, so amax's gradient is the argmax's.
-    out, grads, ref, ref_grads = grads_against_reference(case, "car_pool", reference.car_pool_ref, raw)
+    out, grads, ref, ref_grads, terms = grads_against_reference(case, "car_pool", reference.car_pool_ref, raw)
     assert out.device.type == case.device and out.shape == (N, C, D)
     close(out, naive_ref.car_pool(*(t.to(case.dtype) for t in raw)), case.dtype, "feat vs loops")
     close(out, ref, case.dtype, "feat")
-    for name, got, want in zip(("df", "dsa", "dca"), grads, ref_grads):
-        close(got, want, case.dtype, name)
+    for name, got, want, size in zip(("df", "dsa", "dca"), grads, ref_grads, terms):
+        close(got, want, case.dtype, name, terms=size)
 
 
 def _gradcheck_params():
