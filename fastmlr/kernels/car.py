@@ -17,7 +17,9 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .utils import INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, tanh, torch_acc_dtype
+from .configs import POOL_GPU, SA_GPU_CONFIGS
+from .utils import (INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, loop_bound, tanh,
+                    torch_acc_dtype)
 
 # Interpreter blocks: each program costs ~65 ms of Python overhead there, so blocks are large enough
 # for small grids, yet small enough (16) that the tests' odd shapes exercise every ragged mask.
@@ -25,24 +27,14 @@ _INTERPRET_SA = dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16)
 _INTERPRET_POOL = dict(BLOCK_C=16, BLOCK_K=16, BLOCK_P=16)
 _INTERPRET_POOL_BWD = dict(BLOCK_C=16, BLOCK_K=32)
 
-# GPU configs for the tanh reductions. The work is one tanh per (c, p, k), so the 3-D tile
-# (BLOCK_C x BLOCK_P x BLOCK_K) is kept at 4-8K elements; which shape wins depends on C, P, D. Each
-# config compiles for sm_90 to <= 128 registers a thread without spills (ptxas -v, fp32), forward and du.
-_SA_CONFIGS = [
-    triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=16), num_warps=4),
-    triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=8), num_warps=4),
-    triton.Config(dict(BLOCK_C=16, BLOCK_P=64, BLOCK_K=8), num_warps=4),
-    triton.Config(dict(BLOCK_C=32, BLOCK_P=64, BLOCK_K=8), num_warps=8),
-    triton.Config(dict(BLOCK_C=32, BLOCK_P=32, BLOCK_K=16), num_warps=8),
-]
+# GPU configs for the tanh reductions: fastmlr/kernels/configs.py says why these (TensorRT plugins read them too).
+_SA_CONFIGS = [triton.Config(dict(blocks), num_warps=warps) for blocks, warps in SA_GPU_CONFIGS]
 # dwc/ds carries two accumulators: larger tiles than these reach 170-240 registers (or spill) on sm_90.
 _SA_DW_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=8), num_warps=4),
 ]
-# Pooling is bound by loads of f (along P) and ca (along D): one config. The running max with its
-# position doubles the tile's registers; 16 x 32 x 8 compiles to 128 registers on sm_90 (16 x 32 x 16: 232).
-_POOL_GPU = dict(BLOCK_C=16, BLOCK_K=32, BLOCK_P=8, num_warps=4)
+_POOL_GPU = POOL_GPU  # fastmlr/kernels/configs.py
 # The pooling backward scatters with atomics: it must not be autotuned (each benchmark run would add
 # into the same buffers again).
 _POOL_BWD_GPU = dict(BLOCK_C=16, BLOCK_K=64, num_warps=4)
@@ -80,7 +72,7 @@ def _car_sa_fwd_kernel(
     mask_p = offs_p < P
     u_base = u_ptr + n * stride_un
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-    for k0 in range(0, D, BLOCK_K):
+    for k0 in range(0, loop_bound(D), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < D
         u = tl.load(u_base + offs_p[:, None] * stride_up + offs_k[None, :],
@@ -122,7 +114,7 @@ def _car_sa_bwd_du_kernel(
     u = tl.load(u_ptr + u_offs, mask=mask_pk, other=0.0).to(ACC)
     s = tl.load(s_ptr + offs_k, mask=mask_k, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC)
-    for c0 in range(0, C, BLOCK_C):
+    for c0 in range(0, loop_bound(C), BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         w = tl.load(wc_ptr + offs_c[:, None] * stride_wc + offs_k[None, :],
@@ -164,8 +156,8 @@ def _car_sa_bwd_dw_kernel(
     # Per-image base pointers advance by pointer arithmetic (64-bit), not n * stride (32-bit).
     u_n = u_ptr
     dz_n = dz_ptr
-    for _n in range(0, N):
-        for p0 in range(0, P, BLOCK_P):
+    for _n in range(0, loop_bound(N)):
+        for p0 in range(0, loop_bound(P), BLOCK_P):
             offs_p = p0 + tl.arange(0, BLOCK_P)
             mask_p = offs_p < P
             u = tl.load(u_n + offs_p[:, None] * stride_up + offs_k[None, :],
@@ -315,7 +307,7 @@ def _car_pool_fwd_kernel(
     ca = tl.load(ca_ptr + ca_offs, mask=mask_ck, other=0.0).to(ACC)
     best = tl.full([BLOCK_C, BLOCK_K], float("-inf"), dtype=ACC)
     best_p = tl.zeros([BLOCK_C, BLOCK_K], dtype=tl.int32)
-    for p0 in range(0, P, BLOCK_P):
+    for p0 in range(0, loop_bound(P), BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
         f = tl.load(f_ptr + n * stride_fn + offs_k[:, None] * stride_fk + offs_p[None, :],

@@ -24,8 +24,8 @@ the fused ONNX runner (fastmlr/runtime/onnx_fused.py) and AOTInductor.
 :func:`declare` adds an op (built-in or a user's) to the registry; the public
 function (``fastmlr.ops.car_pool``) is the ``function`` of its spec.
 
-This module imports torch and nothing else of fastmlr: kernels, ops and
-deployment code all read it without an import cycle.
+This module imports torch and fastmlr/kernels/configs.py (which imports nothing):
+ops and deployment code read it without an import cycle.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..kernels import configs
+
 # The domain and version of the fused ONNX nodes (ONNX graphs, TensorRT plugin namespace).
 FUSED_DOMAIN = "fastmlr"
 FUSED_VERSION = 1
-# multi_perspective_cosine's norm clamp: the reference, the decomposition, the Triton kernels and the
-# TensorRT plugin read it from here (the C++ kernels hold the same value in csrc/car_math.h).
-COSINE_EPS = 1e-8
-# A marginal whose max - min is at most this is "flat": no obvious object (oe_boxes). Also in csrc/car_math.h.
-FLAT_EPS = 1e-6
+# The numbers the kernels and the ops' definitions share live in fastmlr/kernels/configs.py, which imports
+# nothing (so fastmlr.kernels never imports fastmlr.ops): the cosine's norm clamp, oe_boxes' flatness.
+COSINE_EPS = configs.COSINE_EPS
+FLAT_EPS = configs.FLAT_EPS
 
 AUTOCAST_KINDS = ("lower", "fp32", "promote")
 SIZES = ("small", "paper")
