@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .configs import POOL_GPU, SA_GPU_CONFIGS
+from ..constants import POOL_GPU, SA_GPU_CONFIGS
 from .utils import (INTERPRET, USE_LIBDEVICE, acc_dtype, check_contiguous, device_context, loop_bound, tanh,
                     torch_acc_dtype)
 
@@ -27,14 +27,14 @@ _INTERPRET_SA = dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16)
 _INTERPRET_POOL = dict(BLOCK_C=16, BLOCK_K=16, BLOCK_P=16)
 _INTERPRET_POOL_BWD = dict(BLOCK_C=16, BLOCK_K=32)
 
-# GPU configs for the tanh reductions: fastmlr/kernels/configs.py says why these (TensorRT plugins read them too).
+# GPU configs for the tanh reductions: fastmlr/constants.py says why these (TensorRT plugins read them too).
 _SA_CONFIGS = [triton.Config(dict(blocks), num_warps=warps) for blocks, warps in SA_GPU_CONFIGS]
 # dwc/ds carries two accumulators: larger tiles than these reach 170-240 registers (or spill) on sm_90.
 _SA_DW_CONFIGS = [
     triton.Config(dict(BLOCK_C=16, BLOCK_P=16, BLOCK_K=16), num_warps=4),
     triton.Config(dict(BLOCK_C=16, BLOCK_P=32, BLOCK_K=8), num_warps=4),
 ]
-_POOL_GPU = POOL_GPU  # fastmlr/kernels/configs.py
+_POOL_GPU = POOL_GPU  # fastmlr/constants.py
 # The pooling backward scatters with atomics: it must not be autotuned (each benchmark run would add
 # into the same buffers again).
 _POOL_BWD_GPU = dict(BLOCK_C=16, BLOCK_K=64, num_warps=4)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .configs import COSINE_EPS
+from ..constants import COSINE_EPS
 from .utils import INTERPRET, acc_dtype, check_contiguous, device_context, loop_bound, torch_acc_dtype
 
 # Interpreter blocks: each program costs ~65 ms of Python overhead there, so

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import FLAT_EPS, MAX_OE_SIDE
+from ..constants import FLAT_EPS, MAX_OE_SIDE
 from .utils import INTERPRET, device_context
 
 # oe_erase: positions per program. The interpreter pays per program, a GPU

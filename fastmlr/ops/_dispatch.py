@@ -275,23 +275,27 @@ def _explain(op: str, dev: str, tensors: tuple) -> str:
     return "\n".join(lines)
 
 
-def _refusal_before_loading(name: str, op: str, dev: str) -> str | None:
-    """Why optional backend ``name`` (not loaded yet) cannot run ``op`` on ``dev``, when that needs no import."""
-    opt = OPTIONAL[name]
-    if not opt.implements(_spec.spec(op)):
-        return f"does not implement {op}"
-    if dev not in opt.priority:
-        return f"does not run on {dev} tensors"
-    return opt.why_not_device(dev)
+def _skip_unloaded(name: str, op: str, dev: str) -> bool:
+    """Whether optional backend ``name``, not loaded yet, certainly cannot run ``op`` on ``dev`` (no import needed)."""
+    opt = OPTIONAL.get(name)
+    if opt is None or name in _BACKENDS or name in _UNAVAILABLE:
+        return False
+    return (not opt.implements(_spec.spec(op))) or dev not in opt.priority or opt.why_not_device(dev) is not None
 
 
-def _candidates(dev: str) -> list[str]:
+def _order(dev: str) -> tuple[str, ...]:
     """The backends chosen automatically on ``dev``, loaded or not, in order of preference."""
     prio = {n: b.priority[dev] for n, b in _BACKENDS.items() if b.auto and dev in b.priority}
     for n, opt in OPTIONAL.items():
         if n not in _BACKENDS and n not in _UNAVAILABLE and opt.auto and dev in opt.priority:
             prio[n] = opt.priority[dev]
-    return sorted(prio, key=lambda n: prio[n])
+    return tuple(sorted(prio, key=lambda n: prio[n]))
+
+
+# Functions of names alone (they read the registry, the environment and the declarations): constants while
+# tracing, as load(), so that Dynamo never guards on the registry before a loading changes it.
+_skip_unloaded._dynamo_marked_constant = True  # type: ignore[attr-defined]
+_order._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def select(op: str, tensors: tuple, backend: str | None = None, *, lift_choice: bool = False) -> Backend:
@@ -314,15 +318,12 @@ def select(op: str, tensors: tuple, backend: str | None = None, *, lift_choice: 
             f"backend {requested!r} cannot run {op} on {dev} tensors: {reason}.\n"
             f"Every backend, for this call:\n{_explain(op, dev, tensors)}"
         )
-    for name in _candidates(dev):
-        if name not in _BACKENDS:
-            if _refusal_before_loading(name, op, dev) is not None:
-                continue
-            load(name)
-            if name not in _BACKENDS:
-                continue
-        b = _BACKENDS[name]
-        if b.refuse(op, dev, tensors) is None:
+    for name in _order(dev):
+        if _skip_unloaded(name, op, dev):
+            continue
+        load(name)
+        b = _BACKENDS.get(name)
+        if b is not None and b.refuse(op, dev, tensors) is None:
             return b
     raise BackendError(f"no backend can run {op} on {dev} tensors:\n{_explain(op, dev, tensors)}")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels import configs
+from .. import constants
 from . import _dispatch
 from ._checks import check
 from .decomposed import chunks
@@ -207,12 +207,12 @@ def _triton_pool():
 
 
 def _sa_config(arch: int) -> tuple[dict, int]:
-    blocks, warps = configs.SA_GPU_CONFIGS[0]  # the launcher autotunes; an engine carries one kernel
+    blocks, warps = constants.SA_GPU_CONFIGS[0]  # the launcher autotunes; an engine carries one kernel
     return dict(blocks), warps
 
 
 def _pool_config(arch: int) -> tuple[dict, int]:
-    blocks = dict(configs.POOL_GPU)
+    blocks = dict(constants.POOL_GPU)
     return blocks, blocks.pop("num_warps")
 
 

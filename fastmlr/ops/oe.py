@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels.configs import FLAT_EPS, MAX_OE_SIDE
+from ..constants import FLAT_EPS, MAX_OE_SIDE
 from . import _dispatch
 from ._checks import check
 from .opspec import Impl, OpSpec, declare

@@ -24,7 +24,7 @@ the fused ONNX runner (fastmlr/runtime/onnx_fused.py) and AOTInductor.
 :func:`declare` adds an op (built-in or a user's) to the registry; the public
 function (``fastmlr.ops.car_pool``) is the ``function`` of its spec.
 
-This module imports torch and fastmlr/kernels/configs.py (which imports nothing):
+This module imports torch and fastmlr/constants.py (which imports nothing):
 ops and deployment code read it without an import cycle.
 """
 
@@ -35,15 +35,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..kernels import configs
+from .. import constants
 
 # The domain and version of the fused ONNX nodes (ONNX graphs, TensorRT plugin namespace).
 FUSED_DOMAIN = "fastmlr"
 FUSED_VERSION = 1
-# The numbers the kernels and the ops' definitions share live in fastmlr/kernels/configs.py, which imports
+# The numbers the kernels and the ops' definitions share live in fastmlr/constants.py, which imports
 # nothing (so fastmlr.kernels never imports fastmlr.ops): the cosine's norm clamp, oe_boxes' flatness.
-COSINE_EPS = configs.COSINE_EPS
-FLAT_EPS = configs.FLAT_EPS
+COSINE_EPS = constants.COSINE_EPS
+FLAT_EPS = constants.FLAT_EPS
 
 AUTOCAST_KINDS = ("lower", "fp32", "promote")
 SIZES = ("small", "paper")

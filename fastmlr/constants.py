@@ -2,7 +2,8 @@
 
 Both fastmlr.kernels (the Triton launchers and TensorRT entries) and fastmlr.ops
 (the references, the TensorRT plugin contracts in the op declarations) read these,
-so neither package imports the other for them. The C++ kernels hold the same
+so fastmlr.kernels never imports fastmlr.ops, and importing fastmlr.ops loads no
+kernel module. The C++ kernels hold the same
 epsilons in csrc/car_math.h.
 """
 
