@@ -27,7 +27,7 @@ from fakes import fake_tensorrt, fake_tensorrt_plugin, symbolic_desc
 from onnx import TensorProto, helper
 
 from fastmlr import ops
-from fastmlr.deploy import probe
+from fastmlr.artifact import probe
 from fastmlr.deploy import trt_plugins as tp
 from fastmlr.deploy.trt import build_trt_engine
 
@@ -556,7 +556,7 @@ def test_plugin_kernels_compile_for_this_gpu():
 @pytest.mark.parametrize("with_plugin", [True, False], ids=["plugins", "no-plugins"])
 def test_cli_trt_builds_the_fused_graph_when_the_plugins_register(monkeypatch, tmp_path, capsys, with_plugin):
     from fastmlr import export as ex
-    from fastmlr.deploy.contract import write_sidecar
+    from fastmlr.artifact.contract import write_sidecar
 
     _, log = _install_builder(monkeypatch, with_plugin=with_plugin)
     asked = []

@@ -2,9 +2,9 @@
 
 One module per job:
 
-- :mod:`~fastmlr.deploy.contract`: the artefact contract (sidecar format, I/O
-  names, writing and checking sidecars), shared with :mod:`fastmlr.runtime`;
-- :mod:`~fastmlr.deploy.probe`: the GPU / TensorRT probe, shared with the runtime;
+- the artefact contract (sidecar format, I/O names, writing and checking
+  sidecars) and the GPU / TensorRT probe live in :mod:`fastmlr.artifact`, which
+  :mod:`fastmlr.runtime` imports too; their names are re-exported here;
 - :mod:`~fastmlr.deploy.graph`: the graph that is traced (:class:`InferenceGraph`,
   :func:`export_mode`);
 - :mod:`~fastmlr.deploy.onnx`, :mod:`~fastmlr.deploy.aoti`, :mod:`~fastmlr.deploy.trt`,
@@ -13,15 +13,15 @@ One module per job:
 - :mod:`~fastmlr.deploy.verify`: what the checks compare against, and their bounds.
 
 ``python -m fastmlr.export`` is the command over these. The runners never
-import the builders; this package's own import loads only the contract and the
-probe, and the builders' names below on first use.
+import the builders (nor this package); this package's own import loads only the
+contract and the probe, and the builders' names below on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .contract import (
+from ..artifact.contract import (
     INPUT_NAME,
     OUTPUT_NAMES,
     SIDECAR_FORMAT,
@@ -33,7 +33,7 @@ from .contract import (
     sidecar_path,
     write_sidecar,
 )
-from .probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_version
+from ..artifact.probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_version
 
 # Public names of the builder modules, imported when first asked for (they import torch.onnx, onnx, ...).
 _LAZY = {

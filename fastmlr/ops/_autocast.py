@@ -35,7 +35,6 @@ import torch
 from . import opspec as _spec
 
 
-
 class _Rules(Mapping):
     """op name -> its autocast rule, read from the ops' declarations (fastmlr/ops/opspec.py) when asked."""
 

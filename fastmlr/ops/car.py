@@ -105,7 +105,8 @@ def car_spatial_attention(u: Tensor, wc: Tensor, s: Tensor, b: Tensor, *, backen
     check(wc.shape[1] == D, f"car_spatial_attention: wc must be (C, {D}) to match u (N, P, {D}), got {tuple(wc.shape)}")
     check(tuple(s.shape) == (D,), f"car_spatial_attention: s must be ({D},), got {tuple(s.shape)}")
     check(b.numel() == 1 and b.dim() <= 1, f"car_spatial_attention: b must be a scalar tensor, got shape {tuple(b.shape)}")
-    return _dispatch.call("car_spatial_attention", (u, wc, s, b.reshape(())), backend, same_dtype=("u", "wc", "s", "b"))
+    return _dispatch.call("car_spatial_attention", (u, wc, s, b.reshape(())), backend,
+                          same_dtype=("u", "wc", "s", "b"))
 
 
 def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -> Tensor:
@@ -126,7 +127,8 @@ def car_pool(f: Tensor, sa: Tensor, ca: Tensor, *, backend: str | None = None) -
     check(sa.dim() == 3 and sa.shape[0] == N and sa.shape[2] == P,
           f"car_pool: sa must be ({N}, C, {P}) to match f {tuple(f.shape)}, got {tuple(sa.shape)}")
     C = sa.shape[1]
-    check(tuple(ca.shape) == (N, C, D), f"car_pool: ca must be ({N}, {C}, {D}) to match f and sa, got {tuple(ca.shape)}")
+    check(tuple(ca.shape) == (N, C, D),
+          f"car_pool: ca must be ({N}, {C}, {D}) to match f and sa, got {tuple(ca.shape)}")
     check(P >= 1, "car_pool: f has no spatial positions (P = 0)")
     return _dispatch.call("car_pool", (f, sa, ca), backend, same_dtype=("f", "sa", "ca"))
 

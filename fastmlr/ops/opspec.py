@@ -1,8 +1,8 @@
 """The op as the unit: one declaration per op, read by every backend, exporter and runtime.
 
 An op of fastmlr is declared once, as an :class:`OpSpec`, in the module of
-fastmlr/ops named after it (``fastmlr/ops/car.py`` declares
-``car_spatial_attention`` and ``car_pool``). The declaration says everything
+fastmlr/ops named after it (``fastmlr/ops/car.py`` declares SRDL's two
+category-aware representation ops). The declaration says everything
 that is true of the op whoever runs it:
 
 - what it computes: ``schema`` (a ``torch.library`` schema string), the
@@ -22,7 +22,7 @@ Readers iterate over :func:`specs` and name no op: the dispatcher and autocast
 (fastmlr/deploy/onnx_ops.py), the TensorRT plugins (fastmlr/deploy/trt_plugins.py),
 the fused ONNX runner (fastmlr/runtime/onnx_fused.py) and AOTInductor.
 :func:`declare` adds an op (built-in or a user's) to the registry; the public
-function (``fastmlr.ops.car_pool``) is the ``function`` of its spec.
+function (``fastmlr.ops.<name>``) is the ``function`` of its spec.
 
 This module imports torch and fastmlr/constants.py (which imports nothing):
 ops and deployment code read it without an import cycle.
@@ -41,7 +41,7 @@ from .. import constants
 FUSED_DOMAIN = "fastmlr"
 FUSED_VERSION = 1
 # The numbers the kernels and the ops' definitions share live in fastmlr/constants.py, which imports
-# nothing (so fastmlr.kernels never imports fastmlr.ops): the cosine's norm clamp, oe_boxes' flatness.
+# nothing (so fastmlr.kernels never imports fastmlr.ops): the cosine's norm clamp, the erasing boxes' flatness.
 COSINE_EPS = constants.COSINE_EPS
 FLAT_EPS = constants.FLAT_EPS
 
@@ -123,9 +123,9 @@ class OpSpec:
     Fields:
         name: the op's name, also its ``fastmlr.ops`` function and ``torch.ops`` name.
         schema: the op's ``torch.library`` schema, e.g.
-            ``"car_pool(Tensor f, Tensor sa, Tensor ca) -> Tensor"`` (tensors first,
-            then scalars; one output). The extension's own op may return more
-            (car_pool's argmax index); its ``Impl`` adapts.
+            ``"pool(Tensor f, Tensor sa, Tensor ca) -> Tensor"`` (tensors first,
+            then scalars with their defaults; one output). The extension's own op
+            may return more (an argmax index its backward reads); its ``Impl`` adapts.
         reference: plain-PyTorch definition every backend is held to (differentiable
             where the op is); takes the schema's arguments in order.
         autocast: "lower", "fp32" or "promote" (fastmlr/ops/_autocast.py).
@@ -141,7 +141,7 @@ class OpSpec:
         trt: the TensorRT plugin, or None.
         impls: backend name -> :class:`Impl` (the "reference" and "decomposed"
             backends need none: they run ``reference`` and ``decomposition``).
-        differentiable: whether the output has a gradient (oe_boxes' does not).
+        differentiable: whether the output has a gradient (integer boxes do not).
         doc: one line for listings.
     """
 
@@ -181,7 +181,7 @@ class OpSpec:
     def example_inputs(self, device="cpu", dtype: torch.dtype = torch.float32, size: str = "small",
                        seed: int = 0) -> tuple:
         """The op's positional arguments, deterministic for ``seed``: tensors on ``device``, floating ones in
-        ``dtype`` (integer ones, such as oe_erase's boxes, int64), then any scalars the schema declares.
+        ``dtype`` (integer ones, such as boxes, int64), then any scalars the schema declares.
 
         ``size="small"``: a few elements per dimension, uneven, for tests.
         ``size="paper"``: the shapes the op runs at in its paper's setting (448 px

@@ -5,7 +5,7 @@ Triton) is held to. Each is written with its op's declaration (fastmlr/ops/car.p
 oe.py, second_order.py, cosine.py) and follows docs/srdl.md and docs/models/. They
 are written for clarity, not memory: the CAR references materialise
 ``N x C x P x D`` tensors, which is exactly what the fused backends exist to avoid.
-This module only names them (``from fastmlr.ops.reference import car_pool_ref``).
+This module only names them (``from fastmlr.ops.reference import <op>_ref``).
 """
 
 from __future__ import annotations
