@@ -79,6 +79,7 @@ def translation_table() -> dict:
 
     from ..ops._nodes import node_op
 
+    trace_backend("fused")  # loads the "nodes" backend, which defines the custom ops mapped below
     register_schemas()
     table = {}
     for spec in fused_specs():

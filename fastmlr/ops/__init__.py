@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from ._autocast import RULES as AUTOCAST_RULES
 from ._dispatch import (
+    PRIORITY,
     Backend,
     BackendError,
     BackendStatus,
@@ -38,6 +39,8 @@ from ._dispatch import (
     select,
     use_backend,
 )
+from . import decomposed, reference  # noqa: F401  (ops.reference.<op>_ref, ops.decomposed's chunking)
+
 # The op modules, in declaration order (specs() lists the ops so): SRDL's, AAMN's, MMDSR's.
 from . import car, oe, second_order, cosine  # noqa: F401, I001  (declaring is the effect)
 from .car import car_pool, car_spatial_attention
@@ -76,17 +79,7 @@ __all__ = [
     "FUSED_DOMAIN",
 ]
 
-register_backend(Backend(
-    name="reference",
-    # Last resort everywhere: it materialises N x C x P x D.
-    priority={"cpu": 100, "cuda": 100, "meta": 100},
-    derive=lambda op: op.reference,
-))
-register_backend(Backend(
-    name="decomposed",
-    # Runs only when named: the portable ONNX op set traces through it, in chunks of categories
-    # (fastmlr/ops/decomposed.py). Listed before the reference, which it outruns.
-    priority={"cpu": 90, "cuda": 90, "meta": 90},
-    auto=False,
-    derive=lambda op: op.decomposition,
-))
+register_backend(Backend(name="reference", priority=dict(PRIORITY["reference"]), derive=lambda op: op.reference))
+# The portable ONNX op set traces through it, in chunks of categories (fastmlr/ops/decomposed.py).
+register_backend(Backend(name="decomposed", priority=dict(PRIORITY["decomposed"]), auto=False,
+                         derive=lambda op: op.decomposition))

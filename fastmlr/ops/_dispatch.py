@@ -32,58 +32,33 @@ import contextlib
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from . import opspec as _spec
 from ._autocast import cast_inputs
 from ._checks import same_device_dtype
-
-
-class BackendError(RuntimeError):
-    """No backend (or not the requested one) can run this call."""
-
-
-@dataclass
-class Backend:
-    name: str
-    impls: dict[str, Callable] = field(default_factory=dict)
-    # Lower runs first when no backend is named. Keyed by device type.
-    priority: dict[str, int] = field(default_factory=dict)
-    # why_not(op, device_type, tensors) -> None if it can run, else a reason.
-    why_not: Callable[[str, str, tuple], str | None] = lambda op, dev, ts: None
-    # why_not_device(device_type) -> None if it can run anything on that device type, else a reason.
-    why_not_device: Callable[[str], str | None] = lambda dev: None
-    # False: runs only when named (export-time forms such as "decomposed"), never chosen automatically.
-    auto: bool = True
-    # derive(spec) -> this backend's implementation of a declared op, or None: fills ``impls`` for every
-    # op declared before and after the backend is registered.
-    derive: Callable | None = None
-
-    def refuse_device(self, device_type: str) -> str | None:
-        if device_type not in self.priority:
-            return f"does not run on {device_type} tensors"
-        return self.why_not_device(device_type)
-
-    def refuse(self, op: str, device_type: str, tensors: tuple) -> str | None:
-        if op not in self.impls:
-            return f"does not implement {op}"
-        return self.refuse_device(device_type) or self.why_not(op, device_type, tensors)
-
-
-class BackendStatus(NamedTuple):
-    """One row of :func:`backend_status`: whether ``name`` runs, and if not why (``reason`` is None when it runs)."""
-
-    name: str
-    runs: bool
-    reason: str | None
+from ._registry import (  # noqa: F401  (re-exported: the registry's public names)
+    _BACKENDS,
+    _UNAVAILABLE,
+    PRIORITY,
+    Backend,
+    BackendError,
+    BackendStatus,
+    mark_unavailable,
+    register_backend,
+)
 
 
 @dataclass(frozen=True)
 class OptionalBackend:
-    """An optional backend before it is imported: its module and what is known without importing it."""
+    """An optional backend before it is imported: its module and what is known without importing it.
+
+    The module defines ``make_backend(call) -> Backend``; ``call`` is this dispatcher's :func:`call`,
+    for a backend that runs other backends (the "nodes" ops), so no backend module imports the dispatcher.
+    """
 
     module: str
     priority: dict
@@ -110,16 +85,11 @@ def _triton_device(device_type: str) -> str | None:
 
 
 OPTIONAL = {
-    "cpp": OptionalBackend("fastmlr.ops._cpp", {"cpu": 10, "cuda": 20}, lambda s: "cpp" in s.impls),
-    "triton": OptionalBackend("fastmlr.ops._triton", {"cuda": 10, "cpu": 90}, lambda s: "triton" in s.impls,
-                       why_not_device=_triton_device),
-    # The tracing form of the others, run only when named (listed beside "cpp").
-    "nodes": OptionalBackend("fastmlr.ops._nodes", {"cpu": 15, "cuda": 25}, lambda s: s.fused, auto=False),
+    "cpp": OptionalBackend("fastmlr.ops._cpp", PRIORITY["cpp"], lambda s: "cpp" in s.impls),
+    "triton": OptionalBackend("fastmlr.ops._triton", PRIORITY["triton"], lambda s: "triton" in s.impls,
+                              why_not_device=_triton_device),
+    "nodes": OptionalBackend("fastmlr.ops._nodes", PRIORITY["nodes"], lambda s: s.fused, auto=False),
 }
-
-_BACKENDS: dict[str, Backend] = {}
-# Backends that could not be registered (e.g. the extension failed to build), with the reason.
-_UNAVAILABLE: dict[str, str] = {}
 _TRIED: set[str] = set()
 
 
@@ -130,7 +100,7 @@ def load(name: str) -> bool:
     _TRIED.add(name)
     module = OPTIONAL[name].module
     try:
-        importlib.import_module(module)
+        register_backend(importlib.import_module(module).make_backend(call))
     except ModuleNotFoundError as e:
         mark_unavailable(name, "not built into this version of fastmlr" if e.name == module else f"import failed: {e}")
     except Exception as e:  # a broken optional backend must not break the package
@@ -196,32 +166,6 @@ def use_backend(name: str | None):
 def current_backend() -> str | None:
     """The backend named by the innermost ``use_backend`` block, else ``$FASTMLR_BACKEND``, else None."""
     return _CHOICE.name or os.environ.get("FASTMLR_BACKEND") or None
-
-
-def _add_spec(op: _spec.OpSpec) -> None:
-    for b in _BACKENDS.values():
-        impl = b.derive(op) if b.derive is not None else None
-        if impl is not None:
-            b.impls[op.name] = impl
-
-
-_spec.on_declare(_add_spec)
-
-
-def register_backend(backend: Backend) -> None:
-    """Add ``backend``; its ``derive`` fills its implementations from every declared op."""
-    if backend.derive is not None:
-        for op in _spec.specs():
-            impl = backend.derive(op)
-            if impl is not None:
-                backend.impls[op.name] = impl
-    _BACKENDS[backend.name] = backend
-    _UNAVAILABLE.pop(backend.name, None)
-
-
-def mark_unavailable(name: str, reason: str) -> None:
-    if name not in _BACKENDS:
-        _UNAVAILABLE[name] = reason
 
 
 def _device_type(device) -> str:

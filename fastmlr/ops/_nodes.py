@@ -7,8 +7,9 @@ the torch custom op ``fastmlr_nodes::<op>`` with the op's schema; its
 implementation is the ordinary selection with any ``use_backend`` choice lifted
 (the fastest backend that runs the call: the C++ kernels on the CPU, Triton on
 CUDA, the reference elsewhere), its fake kernel gives the declared output shape,
-and its gradient goes through the reference. It calls the dispatcher directly,
-never the public functions of fastmlr.ops, and names no op. Object erasing is
+and its gradient goes through the reference. It runs through the dispatcher's
+``call``, handed over when the dispatcher loads this module (neither the public
+functions of fastmlr.ops nor an import of the dispatcher), and names no op. Object erasing is
 training-only: not here.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import opspec as _spec
-from ._dispatch import OPTIONAL, Backend, call, register_backend
+from ._registry import PRIORITY, Backend
 
 NAMESPACE = "fastmlr_nodes"
 _LIB = torch.library.Library(NAMESPACE, "DEF")
@@ -36,8 +37,8 @@ def _vjp_through_reference(ref_fn):
     return setup, backward
 
 
-def _define(op: _spec.OpSpec):
-    """Define ``fastmlr_nodes::<op>`` (once) and return the callable that runs it."""
+def _define(op: _spec.OpSpec, call):
+    """Define ``fastmlr_nodes::<op>`` (once; ``call`` is the dispatcher's) and return the callable that runs it."""
     name = op.name
     if not hasattr(getattr(torch.ops, NAMESPACE), name):
         _LIB.define(op.schema)
@@ -58,10 +59,15 @@ def _define(op: _spec.OpSpec):
 
 
 def node_op(op: _spec.OpSpec):
-    """The ``torch.ops.fastmlr_nodes`` overload of a fused op (what the ONNX translation table maps)."""
-    _define(op)
-    return getattr(getattr(torch.ops, NAMESPACE), op.name).default
+    """The ``torch.ops.fastmlr_nodes`` overload of a fused op (what the ONNX translation table maps);
+    defined when the dispatcher loads this backend (``use_backend("nodes")``, :func:`fastmlr.ops.backend_status`)."""
+    overload = getattr(getattr(torch.ops, NAMESPACE), op.name, None)
+    if overload is None:
+        raise RuntimeError(f"{NAMESPACE}::{op.name} is not defined: the 'nodes' backend is not loaded")
+    return overload.default
 
 
-register_backend(Backend(name="nodes", priority=dict(OPTIONAL["nodes"].priority), auto=False,
-                         derive=lambda op: _define(op) if op.fused else None))
+def make_backend(call) -> Backend:
+    """The backend the dispatcher registers when it loads this module; ``call`` runs the ordinary selection."""
+    return Backend(name="nodes", priority=dict(PRIORITY["nodes"]), auto=False,
+                   derive=lambda op: _define(op, call) if op.fused else None)

@@ -21,7 +21,7 @@ import torch
 from fastmlr.kernels.utils import INTERPRET
 
 from . import opspec as _spec
-from ._dispatch import OPTIONAL, Backend, register_backend
+from ._registry import PRIORITY, Backend
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # numpy, under the interpreter, has no bfloat16.
@@ -45,6 +45,7 @@ def _why_not(op: str, device_type: str, tensors: tuple) -> str | None:
     return _spec.spec(op).impls["triton"].why_not(device_type, tensors)
 
 
-register_backend(Backend(name="triton", priority=dict(OPTIONAL["triton"].priority), why_not=_why_not,
-                         why_not_device=_why_not_device,
-                         derive=lambda op: op.impls["triton"].load() if "triton" in op.impls else None))
+def make_backend(call) -> Backend:
+    """The backend the dispatcher registers when it loads this module (``call`` is unused here)."""
+    return Backend(name="triton", priority=dict(PRIORITY["triton"]), why_not=_why_not, why_not_device=_why_not_device,
+                   derive=lambda op: op.impls["triton"].load() if "triton" in op.impls else None)
