@@ -9,7 +9,7 @@ what each op computes (its ``reference``, docs/srdl.md), several
 implementations behind :func:`available_backends`. Which implementation runs:
 an op's ``backend=`` argument, else the innermost ``with use_backend(name):``
 block, else ``$FASTMLR_BACKEND``, else the fastest backend that accepts the
-call. :func:`backend_status` says, per device (and op), which backends run and
+call (:func:`dispatch`, which an op's public function ends with). :func:`backend_status` says, per device (and op), which backends run and
 why the others refuse; ``python -m fastmlr.ops`` prints it. The optional
 backends ("cpp", "triton", "nodes") are imported when selection first asks
 each one, not by ``import fastmlr.ops`` (see fastmlr/ops/_dispatch.py): a call
@@ -39,6 +39,7 @@ from ._dispatch import (
     select,
     use_backend,
 )
+from ._dispatch import call as dispatch
 from . import decomposed, reference  # noqa: F401  (ops.reference.<op>_ref, ops.decomposed's chunking)
 
 # The op modules, in declaration order (specs() lists the ops so): SRDL's, AAMN's, MMDSR's.
@@ -47,7 +48,7 @@ from .car import car_pool, car_spatial_attention
 from .cosine import multi_perspective_cosine
 from .oe import oe_boxes, oe_erase
 from .second_order import second_order_pool
-from .opspec import FUSED_DOMAIN, Impl, OnnxNode, OpSpec, TrtPlugin, declare, fused_specs, spec, specs
+from .opspec import FUSED_DOMAIN, Impl, OnnxNode, OpSpec, TrtPlugin, declare, fused_specs, spec, specs, withdraw
 
 # The built-in ops, in declaration order (specs() also lists ops declared later).
 OPS = tuple(s.name for s in specs())
@@ -73,6 +74,8 @@ __all__ = [
     "TrtPlugin",
     "Impl",
     "declare",
+    "withdraw",
+    "dispatch",
     "spec",
     "specs",
     "fused_specs",

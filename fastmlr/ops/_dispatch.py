@@ -276,6 +276,7 @@ def call(op: str, args: tuple, backend: str | None = None, *, same_dtype: tuple[
          lift_choice: bool = False):
     """Run ``op`` on ``args`` (its schema's arguments, checked by the caller): autocast rule, then selection.
 
+    What an op's public function ends with (``fastmlr.ops.dispatch``), after checking its arguments.
     ``same_dtype``: the names of the leading arguments that must share device and floating dtype once
     autocast has cast them.
     """

@@ -79,7 +79,12 @@ def _add_spec(op: _spec.OpSpec) -> None:
             b.impls[op.name] = impl
 
 
-_spec.on_declare(_add_spec)
+def _drop_op(name: str) -> None:
+    for b in _BACKENDS.values():
+        b.impls.pop(name, None)
+
+
+_spec.on_declare(_add_spec, _drop_op)
 
 
 def register_backend(backend: Backend) -> None:

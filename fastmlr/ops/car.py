@@ -194,15 +194,15 @@ _CPP_DTYPES = {"cpu": (torch.float32, torch.float64),
 
 
 def _triton_sa():
-    from ..kernels import car
+    from ..kernels import car_attention
 
-    return car.car_spatial_attention
+    return car_attention.car_spatial_attention
 
 
 def _triton_pool():
-    from ..kernels import car
+    from ..kernels import car_pooling
 
-    return car.car_pool
+    return car_pooling.car_pool
 
 
 # -- TensorRT plugins (fastmlr.kernels.trt_entry; shapes are ints or TensorRT size expressions) ---------------

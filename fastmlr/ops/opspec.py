@@ -199,6 +199,7 @@ class OpSpec:
 
 _SPECS: dict[str, OpSpec] = {}
 _LISTENERS: list[Callable[[OpSpec], None]] = []
+_WITHDRAW_LISTENERS: list[Callable[[str], None]] = []
 
 
 def declare(op: OpSpec) -> OpSpec:
@@ -212,9 +213,19 @@ def declare(op: OpSpec) -> OpSpec:
     return op
 
 
-def on_declare(listener: Callable[[OpSpec], None]) -> None:
-    """Call ``listener(spec)`` for every op declared from now on (the dispatcher's hook)."""
+def withdraw(name: str) -> None:
+    """Remove op ``name`` from the registry (a test's or a plugin's op); the backends forget it too."""
+    _SPECS.pop(name, None)
+    for listener in list(_WITHDRAW_LISTENERS):
+        listener(name)
+
+
+def on_declare(listener: Callable[[OpSpec], None], on_withdraw: Callable[[str], None] | None = None) -> None:
+    """Call ``listener(spec)`` for every op declared from now on, ``on_withdraw(name)`` for every op withdrawn
+    (the backend registry's hooks)."""
     _LISTENERS.append(listener)
+    if on_withdraw is not None:
+        _WITHDRAW_LISTENERS.append(on_withdraw)
 
 
 def specs() -> tuple[OpSpec, ...]:
@@ -244,4 +255,4 @@ def by_onnx_type(op_type: str) -> OpSpec | None:
 
 
 __all__ = ["FUSED_DOMAIN", "FUSED_VERSION", "COSINE_EPS", "FLAT_EPS", "AUTOCAST_KINDS", "SIZES", "OnnxNode",
-           "TrtPlugin", "Impl", "OpSpec", "declare", "on_declare", "specs", "spec", "fused_specs", "by_onnx_type"]
+           "TrtPlugin", "Impl", "OpSpec", "declare", "withdraw", "on_declare", "specs", "spec", "fused_specs", "by_onnx_type"]
