@@ -1,4 +1,4 @@
-"""What a deployment artefact is, shared by the builders (:mod:`fastmlr.deploy`) and the runners (:mod:`fastmlr.runtime`).
+"""What a deployment artefact is: shared by the builders (fastmlr.deploy) and the runners (fastmlr.runtime).
 
 - :mod:`~fastmlr.artifact.contract`: the artefact contract (sidecar format, I/O
   names, writing, reading and checking sidecars);

@@ -122,7 +122,8 @@ def check_fused_nodes(model_proto) -> None:
         if spec is None:
             raise ValueError(f"the fused graph has an unexpected {FUSED_DOMAIN} node {n.op_type!r} ({n.name})")
         node = spec.onnx
-        if len(n.input) != len(node.inputs) or len(n.output) != 1 or {a.name for a in n.attribute} != set(node.attributes):
+        attrs = {a.name for a in n.attribute}
+        if len(n.input) != len(node.inputs) or len(n.output) != 1 or attrs != set(node.attributes):
             raise ValueError(f"{FUSED_DOMAIN}::{n.op_type} node {n.name}: expected inputs {node.inputs}, one output and "
                              f"attributes {sorted(node.attributes) or 'none'}, got {len(n.input)} inputs, "
                              f"{len(n.output)} outputs")

@@ -13,7 +13,8 @@ registers every plugin:
   (the declared entry of :mod:`fastmlr.kernels.trt_entry`, the kernel bodies
   the ``triton`` backend launches) compiled for the build GPU's compute
   capability, its launch grid and its integer arguments (sizes, strides) as
-  expressions of the input shapes, all as the op declares them. TensorRT embeds the kernel in the engine: ``trtexec``, the C++
+  expressions of the input shapes, all as the op declares them. TensorRT
+  embeds the kernel in the engine: ``trtexec``, the C++
   runtime and Triton Inference Server run it without Python.
 
 Everything but :func:`register_plugins` is plain Python over shapes that are

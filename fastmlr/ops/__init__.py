@@ -9,7 +9,8 @@ what each op computes (its ``reference``, docs/srdl.md), several
 implementations behind :func:`available_backends`. Which implementation runs:
 an op's ``backend=`` argument, else the innermost ``with use_backend(name):``
 block, else ``$FASTMLR_BACKEND``, else the fastest backend that accepts the
-call (:func:`dispatch`, which an op's public function ends with). :func:`backend_status` says, per device (and op), which backends run and
+call (:func:`dispatch`, which an op's public function ends with).
+:func:`backend_status` says, per device (and op), which backends run and
 why the others refuse; ``python -m fastmlr.ops`` prints it. The optional
 backends ("cpp", "triton", "nodes") are imported when selection first asks
 each one, not by ``import fastmlr.ops`` (see fastmlr/ops/_dispatch.py): a call
@@ -67,6 +68,7 @@ __all__ = [
     "current_backend",
     "BackendError",
     "register_backend",
+    "select",
     "OPS",
     "AUTOCAST_RULES",
     "OpSpec",

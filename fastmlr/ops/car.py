@@ -104,7 +104,8 @@ def car_spatial_attention(u: Tensor, wc: Tensor, s: Tensor, b: Tensor, *, backen
     D = u.shape[2]
     check(wc.shape[1] == D, f"car_spatial_attention: wc must be (C, {D}) to match u (N, P, {D}), got {tuple(wc.shape)}")
     check(tuple(s.shape) == (D,), f"car_spatial_attention: s must be ({D},), got {tuple(s.shape)}")
-    check(b.numel() == 1 and b.dim() <= 1, f"car_spatial_attention: b must be a scalar tensor, got shape {tuple(b.shape)}")
+    check(b.numel() == 1 and b.dim() <= 1,
+          f"car_spatial_attention: b must be a scalar tensor, got shape {tuple(b.shape)}")
     return _dispatch.call("car_spatial_attention", (u, wc, s, b.reshape(())), backend,
                           same_dtype=("u", "wc", "s", "b"))
 

@@ -255,4 +255,5 @@ def by_onnx_type(op_type: str) -> OpSpec | None:
 
 
 __all__ = ["FUSED_DOMAIN", "FUSED_VERSION", "COSINE_EPS", "FLAT_EPS", "AUTOCAST_KINDS", "SIZES", "OnnxNode",
-           "TrtPlugin", "Impl", "OpSpec", "declare", "withdraw", "on_declare", "specs", "spec", "fused_specs", "by_onnx_type"]
+           "TrtPlugin", "Impl", "OpSpec", "declare", "withdraw", "on_declare", "specs", "spec", "fused_specs",
+           "by_onnx_type"]
