@@ -7,6 +7,9 @@ kernel module. The C++ kernels hold the same
 epsilons in csrc/car_math.h.
 """
 
+# The domain and version of the fused ONNX nodes (ONNX graphs, TensorRT plugin namespace, the fused runner).
+FUSED_DOMAIN = "fastmlr"
+FUSED_VERSION = 1
 # MMDSR's multi-perspective cosine: each norm is clamped below at this (reference, decomposition, Triton,
 # TensorRT).
 COSINE_EPS = 1e-8

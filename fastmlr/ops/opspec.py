@@ -37,9 +37,10 @@ import torch
 
 from .. import constants
 
-# The domain and version of the fused ONNX nodes (ONNX graphs, TensorRT plugin namespace).
-FUSED_DOMAIN = "fastmlr"
-FUSED_VERSION = 1
+# The domain and version of the fused ONNX nodes (ONNX graphs, TensorRT plugin namespace): fastmlr/constants.py,
+# which the runners read without importing fastmlr.ops.
+FUSED_DOMAIN = constants.FUSED_DOMAIN
+FUSED_VERSION = constants.FUSED_VERSION
 # The numbers the kernels and the ops' definitions share live in fastmlr/constants.py, which imports
 # nothing (so fastmlr.kernels never imports fastmlr.ops): the cosine's norm clamp, the erasing boxes' flatness.
 COSINE_EPS = constants.COSINE_EPS

@@ -13,7 +13,7 @@ Without onnxruntime-extensions a fused graph is refused, saying what to do.
 
 from __future__ import annotations
 
-from ..ops import FUSED_DOMAIN, fused_specs
+from ..constants import FUSED_DOMAIN  # not fastmlr.ops: a standard graph's runner loads no op
 
 _registered = False
 
@@ -36,6 +36,8 @@ def _register_pyops() -> None:
     import numpy as np
     import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    from ..ops import fused_specs
 
     f32 = PyCustomOpDef.dt_float
 
