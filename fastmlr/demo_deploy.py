@@ -7,8 +7,8 @@ import time
 
 import torch
 
+from .artifact.contract import make_sidecar
 from .deploy.aoti import export_aoti, verify_aoti
-from .deploy.contract import make_sidecar
 from .deploy.fp16 import format_report as fp16_lines
 from .deploy.onnx import export_onnx, export_onnx_fp16, verify_onnx
 from .deploy.verify import measure_latency, real_images

@@ -10,7 +10,7 @@ and the largest probability difference from PyTorch on random and real
 images.
 
 This module is the command only: the builders and checks are in
-:mod:`fastmlr.deploy` (the artefact contract in :mod:`fastmlr.deploy.contract`).
+:mod:`fastmlr.deploy` (the artefact contract in :mod:`fastmlr.artifact.contract`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import warnings
 import torch
 import torch.nn as nn
 
+from .artifact import probe
+from .artifact.contract import make_sidecar, sidecar_path
+from .artifact.probe import TRTUnavailable
 from .checkpoint import CheckpointMismatch
-from .deploy import probe
 from .deploy.aoti import AOTI_OPS, default_aoti_ops, export_aoti, verify_aoti
-from .deploy.contract import make_sidecar, sidecar_path
-from .deploy.graph import check_batch_range
 from .deploy.fp16 import format_report as fp16_lines
-from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
+from .deploy.graph import check_batch_range
 from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
-from .deploy.probe import TRTUnavailable
+from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
 from .deploy.triton_repo import repo_files, write_triton_repo
 from .deploy.trt import build_trt_engine, trtexec_command
 from .deploy.trt_plugins import plugins_available

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .deploy.contract import check_thresholds  # noqa: F401  (the one check, re-exported for the commands)
+from .artifact.contract import check_thresholds  # noqa: F401  (the one check, re-exported for the commands)
 from .metrics import _as_numpy, _check_inputs
 
 __all__ = ["MIN_POSITIVES", "LOW", "HIGH", "fit_thresholds", "per_class_f1", "check_thresholds"]

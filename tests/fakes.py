@@ -120,9 +120,8 @@ class FakeContext:
 # -- TensorRT's builder, parser and tensorrt.plugin, as fakes that record what they get ---------------------------
 def fake_tensorrt(log: list, *, size: int = 64, strongly_typed_flag: bool = True, parse_ok: bool = True):
     """A ``tensorrt`` module whose builder, parser and config append their calls to ``log``."""
-    import types
-
     import importlib.machinery
+    import types
 
     trt = types.ModuleType("tensorrt")
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # what find_spec-based probes expect
@@ -270,11 +269,10 @@ def fake_tensorrt_plugin(trt):
     ``plugin.REGISTRY[plugin_id]`` holds the registered shape function, its
     input names and the AOT implementation.
     """
+    import importlib.machinery
     import inspect
     import types
     import typing
-
-    import importlib.machinery
 
     trtp = types.ModuleType("tensorrt.plugin")
     trtp.__spec__ = importlib.machinery.ModuleSpec("tensorrt.plugin", None)
@@ -300,7 +298,10 @@ def fake_tensorrt_plugin(trt):
         def __init__(self, value):
             self.expr = Expr.of(value)
 
-    class SymIntExprs(list):
+    class SymExprs(list):
+        pass
+
+    class SymIntExprs(SymExprs):
         @classmethod
         def from_tuple(cls, items):
             items = list(items)
@@ -346,19 +347,54 @@ def fake_tensorrt_plugin(trt):
             return fn
         return deco
 
+    def _check_aot_annotations(sig, inputs):
+        """What tensorrt/plugin/_validate.py (_validate_aot_impl, TensorRT 10.8+) enforces on the annotations."""
+        for name, p in sig.parameters.items():
+            ann = p.annotation
+            if ann is inspect.Parameter.empty:
+                continue
+            if name == "outputs":
+                if typing.get_origin(ann) is not tuple or not all(
+                        inspect.isclass(a) and issubclass(a, TensorDesc) for a in typing.get_args(ann)):
+                    raise ValueError(f"'outputs' should be of type Tuple[TensorDesc]. Received {ann}.")
+            elif name == "tactic":
+                if not (inspect.isclass(ann) and issubclass(ann, int)):
+                    raise ValueError("'tactic' input argument should be an int")
+            elif not (inspect.isclass(ann) and issubclass(ann, TensorDesc) and name in inputs):
+                raise ValueError(f"Unexpected attribute '{name}' specified in aot_impl function.")
+        ret = sig.return_annotation
+        if ret is inspect.Parameter.empty:
+            raise ValueError(f"No return annotation found for aot_impl function. Received signature {sig}.")
+        args = typing.get_args(ret)
+        if typing.get_origin(ret) is not tuple or len(args) != 4:
+            raise ValueError(f"Return annotation is {ret}. Expected tuple[str | bytes, str | bytes, "
+                             "tensorrt.plugin.KernelLaunchParams, tensorrt.plugin.SymIntExprs].")
+        for i in (0, 1):
+            union = typing.get_origin(args[i]) in (typing.Union, types.UnionType)
+            if any(a not in (str, bytes) for a in (typing.get_args(args[i]) if union else (args[i],))):
+                raise ValueError(f"Return annotation for argument at {i} is '{args[i]}'. Expected 'str' or 'bytes'.")
+        if not (inspect.isclass(args[2]) and issubclass(args[2], KernelLaunchParams)):
+            raise ValueError(f"Argument at index 2 of return annotation is '{args[2]}'. "
+                             "Expected 'tensorrt.plugin.KernelLaunchParams'.")
+        if not (inspect.isclass(args[3]) and issubclass(args[3], SymExprs)):
+            raise ValueError(f"Argument at index 3 of return annotation is '{args[3]}'. "
+                             "Expected a descendent of tensorrt.plugin.SymExprs.")
+
     def aot_impl(plugin_id):
         def deco(fn):
             if plugin_id not in trtp.REGISTRY:
                 raise ValueError(f"Plugin {plugin_id} is not registered.")
             expected = trtp.REGISTRY[plugin_id]["inputs"] + ["outputs", "tactic"]
-            got = list(inspect.signature(fn).parameters)
+            sig = inspect.signature(fn)
+            got = list(sig.parameters)
             if got != expected:
                 raise ValueError(f"aot_impl signature {got} does not match the expected schema {expected}")
+            _check_aot_annotations(sig, trtp.REGISTRY[plugin_id]["inputs"])
             trtp.REGISTRY[plugin_id]["aot_impl"] = fn
             return fn
         return deco
 
-    for name, obj in dict(TensorDesc=TensorDesc, SymInt32=SymInt32, SymIntExprs=SymIntExprs, SymExprs=SymIntExprs,
+    for name, obj in dict(TensorDesc=TensorDesc, SymInt32=SymInt32, SymIntExprs=SymIntExprs, SymExprs=SymExprs,
                           KernelLaunchParams=KernelLaunchParams, cdiv=cdiv, from_shape_expr=from_shape_expr,
                           register=register, aot_impl=aot_impl, ShapeExprs=ShapeExprs).items():
         setattr(trtp, name, obj)

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle inside fastmlr/, no oversized module.
+"""The package's shape: no import cycle inside fastmlr/, between modules or between packages; no oversized module.
 
 The import graph is read from the source with :mod:`ast`, not by importing:
 every ``import`` and ``from ... import`` statement counts, at module level and
@@ -6,6 +6,15 @@ inside functions alike (a function-level import is still a dependency, only a
 later one). Importing a submodule ``a.b.c`` is an edge to ``a.b.c`` alone: the
 parent packages it executes first are not counted, so a package whose
 ``__init__`` imports its own submodules is not a cycle by itself.
+
+Imports made by name count too: ``importlib.import_module("fastmlr.x")``, any
+string constant that is exactly a module's dotted name (a table of modules loaded
+later, such as the ops' optional backends or the commands; not the module after
+``-m`` in a command line, which runs in another process), and an f-string
+``f"fastmlr.deploy.{name}"`` whose literal start names a package (an edge to that
+package). The package-level graph folds each module into its unit: the
+subpackage of ``fastmlr`` it lies in (``fastmlr.ops._cpp`` -> ``fastmlr.ops``),
+or itself for a top-level module (``fastmlr.constants``).
 """
 
 from __future__ import annotations
@@ -39,13 +48,39 @@ def _resolve(base: str, name: str, mods) -> str | None:
     return base if base in mods else None
 
 
+def _named_module(text: str, mods, prefix_only: bool = False) -> str | None:
+    """The package module a string names: exactly (a dotted module name), or, for the literal start of an
+    f-string (``"fastmlr.deploy."``), the deepest package that start spells out."""
+    if not prefix_only:
+        return text if text in mods else None
+    base = text.rstrip(".") if text.endswith(".") else text.rsplit(".", 1)[0]
+    while base and base not in mods:
+        base = base.rsplit(".", 1)[0] if "." in base else ""
+    return base if base and base != PKG else None
+
+
 def imports_of(module: str, path: str, mods: dict[str, str]) -> set[str]:
-    """The package modules ``module`` imports anywhere in its file."""
+    """The package modules ``module`` imports anywhere in its file, by statement or by name."""
     is_pkg = os.path.basename(path) == "__init__.py"
     tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    # A module named after "-m" in a command line runs in another process: not an import.
+    commands = {id(b) for n in ast.walk(tree) if isinstance(n, (ast.List, ast.Tuple))
+                for a, b in zip(n.elts, n.elts[1:]) if isinstance(a, ast.Constant) and a.value == "-m"}
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if id(node) in commands:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PKG + "."):
+            target = _named_module(node.value, mods)
+            if target:
+                out.add(target)
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            start = str(node.values[0].value)
+            if start.startswith(PKG + ".") and len(node.values) > 1:
+                target = _named_module(start, mods, prefix_only=True)
+                if target:
+                    out.add(target)
+        elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == PKG or alias.name.startswith(PKG + "."):
                     target = _resolve(alias.name, "", mods)
@@ -72,6 +107,22 @@ def imports_of(module: str, path: str, mods: dict[str, str]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     mods = package_modules()
     return {m: imports_of(m, p, mods) for m, p in mods.items()}
+
+
+def unit_of(module: str) -> str:
+    """The package-level unit of ``module``: ``fastmlr.<first part>`` (a subpackage, or a top-level module)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph folded into units (:func:`unit_of`); edges inside a unit and to ``fastmlr`` itself dropped."""
+    out: dict[str, set[str]] = {}
+    for mod, targets in graph.items():
+        unit = unit_of(mod)
+        out.setdefault(unit, set()).update(unit_of(t) for t in targets if unit_of(t) not in (unit, PKG))
+    out.pop(PKG, None)
+    return out
 
 
 def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -147,6 +198,42 @@ def test_no_import_cycle_in_the_package():
         " <-> ".join(c) for c in cycles)
 
 
+def test_names_of_modules_are_edges(tmp_path):
+    pkg = tmp_path / PKG
+    (pkg / "sub").mkdir(parents=True)
+    for f in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py"):
+        (pkg / f).write_text("")
+    (pkg / "a.py").write_text(
+        "import importlib\n"
+        "LOADERS = {'b': 'fastmlr.sub.b'}\n"
+        "def f(name):\n    return importlib.import_module(f'fastmlr.sub.{name}')\n"
+        "MSG = 'fastmlr.sub.b is not a whole-string name here'\n"
+        "CMD = ['python', '-m', 'fastmlr.sub.b']\n")
+    mods = package_modules(str(pkg))
+    assert imports_of("fastmlr.a", str(pkg / "a.py"), mods) == {"fastmlr.sub.b", "fastmlr.sub"}
+    graph = {"fastmlr.a": {"fastmlr.sub.b"}, "fastmlr.sub.b": {"fastmlr.sub.c"}, "fastmlr.sub.c": {"fastmlr.a"},
+             "fastmlr.sub": set()}
+    assert package_graph(graph) == {"fastmlr.a": {"fastmlr.sub"}, "fastmlr.sub": {"fastmlr.a"}}
+    assert import_cycles(package_graph(graph)) == [["fastmlr.a", "fastmlr.sub"]]
+
+
+def test_the_backends_tables_of_modules_are_seen():
+    # The dispatcher loads the optional backends by name; the test must see those edges.
+    graph = import_graph()
+    assert {"fastmlr.ops._cpp", "fastmlr.ops._triton", "fastmlr.ops._nodes"} <= graph["fastmlr.ops._dispatch"]
+    assert graph["fastmlr.bench.runtimes"] & {"fastmlr.deploy", "fastmlr.deploy.onnx"}
+
+
+def test_no_import_cycle_between_packages():
+    units = package_graph(import_graph())
+    assert {"fastmlr.ops", "fastmlr.kernels", "fastmlr.deploy", "fastmlr.runtime"} <= set(units)
+    cycles = import_cycles(units)
+    assert not cycles, "packages that import each other (directly or through others): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+    # The runners never import the builders; the kernels never import the ops' declarations.
+    assert "fastmlr.deploy" not in units["fastmlr.runtime"] and "fastmlr.ops" not in units["fastmlr.kernels"]
+
+
 def test_no_module_over_the_line_limit():
     long = {}
     for mod, path in package_modules().items():
@@ -155,3 +242,29 @@ def test_no_module_over_the_line_limit():
         if n > MAX_LINES:
             long[mod] = n
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(f"{m} ({n})" for m, n in sorted(long.items()))
+
+
+def _modules_naming(name: str, folders) -> list[str]:
+    root = os.path.dirname(ROOT)
+    found = []
+    for folder in folders:
+        for path, mod in ((p, m) for m, p in package_modules(os.path.join(root, folder), folder).items()):
+            with open(path, encoding="utf-8") as fh:
+                if name in fh.read():
+                    found.append(mod)
+    return sorted(found)
+
+
+def test_an_op_is_named_only_where_it_is_declared():
+    """Outside fastmlr/ops, kernels and models no module of fastmlr/ or tools/ names an op (by its name or its
+    ONNX node's); inside fastmlr/ops at most 3 modules do. Everything else reads the declarations."""
+    from fastmlr import ops
+
+    assert len(ops.specs()) >= 6
+    for spec in ops.specs():
+        for name in (spec.name, *((spec.onnx.op_type,) if spec.onnx else ())):
+            where = _modules_naming(name, ("fastmlr", "tools"))
+            outside = [m for m in where if not m.startswith(("fastmlr.ops", "fastmlr.kernels", "fastmlr.models"))]
+            assert not outside, f"{name} is named outside the ops, kernels and models: {outside}"
+            inside = [m for m in where if m.startswith("fastmlr.ops")]
+            assert 1 <= len(inside) <= 3, f"{name} is named in {len(inside)} modules of fastmlr/ops: {inside}"

@@ -389,7 +389,7 @@ def test_backend_flag_is_the_ops_context_of_the_whole_command(env, tmp_path, mon
 
 
 def test_export_keeps_a_replaced_files_mode_and_removes_stale_temporaries(env, tmp_path, capsys):
-    from fastmlr.deploy import contract
+    from fastmlr.artifact import contract
 
     target = tmp_path / "m.onnx"
     target.write_bytes(b"old graph")

@@ -1,4 +1,4 @@
-"""The artefact contract (fastmlr.deploy.contract) between the builders and the runners, on a tiny hand-built graph.
+"""The artefact contract (fastmlr.artifact.contract) between the builders and the runners, on a tiny hand-built graph.
 
 The graph is written here with onnx.helper (mean over the pixels, a matrix,
 a sigmoid), so the reference is NumPy on the same weights, independent of
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from fastmlr import runtime
-from fastmlr.deploy import contract
+from fastmlr.artifact import contract
 from fastmlr.files import atomic_write_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,7 +132,7 @@ def test_the_runtime_never_imports_the_builders(tiny):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     loaded = set(out.stdout.split())
-    assert {"fastmlr.runtime.onnx", "fastmlr.deploy.contract", "fastmlr.deploy.probe"} <= loaded
+    assert {"fastmlr.runtime.onnx", "fastmlr.artifact.contract", "fastmlr.artifact.probe"} <= loaded
     builders = {"fastmlr.deploy.onnx", "fastmlr.deploy.aoti", "fastmlr.deploy.trt", "fastmlr.deploy.graph",
                 "fastmlr.deploy.triton_repo", "fastmlr.export", "fastmlr.ops", "fastmlr.models"}
     assert not loaded & builders, sorted(loaded & builders)

@@ -25,7 +25,7 @@ from fakes import fake_tensorrt
 from fastmlr import deploy, ops, runtime
 from fastmlr import export as ex
 from fastmlr.data import FASHION_CLASSES, FashionMosaics
-from fastmlr.deploy import probe
+from fastmlr.artifact import probe
 from fastmlr.models import create_model
 
 SIZE = 64

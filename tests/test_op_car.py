@@ -1,7 +1,7 @@
 """car_spatial_attention (SRDL eq. 5) and car_pool (eq. 6 + GMP) on every backend, device and dtype.
 
 Definitions: fastmlr/ops/__init__.py (API), fastmlr/ops/reference.py; implementations:
-csrc/ (cpp), fastmlr/kernels/car.py (triton). Held to naive float64 loops (naive_ref) and
+csrc/ (cpp), fastmlr/kernels/car_attention.py and car_pooling.py (triton). Held to naive float64 loops (naive_ref) and
 to the float64 reference's autograd, within ops_common.TOL.
 """
 

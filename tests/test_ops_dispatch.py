@@ -153,6 +153,37 @@ def test_import_loads_no_optional_backend():
     assert out.splitlines() == ["[]", "True" if "cpp" in ops.available_backends("cpu") else "False"]
 
 
+_CPP = next(r for r in ops.backend_status("cpu") if r.name == "cpp")
+_LOADED = "print(sorted(m for m in ('triton', 'fastmlr._C', 'fastmlr.kernels') if m in sys.modules))\n"
+
+
+@pytest.mark.skipif(not _CPP.runs, reason=f"cpp backend: {_CPP.reason}")
+def test_a_cpp_call_loads_only_the_extension():
+    """Choosing the C++ kernels, by name or as the fastest, imports fastmlr._C and not Triton (issue 17)."""
+    out = _python(
+        "import sys, torch, fastmlr.ops as o\n"
+        "args = o.spec('car_spatial_attention').example_inputs()\n"
+        "o.car_spatial_attention(*args, backend='cpp')\n" + _LOADED +
+        "o.car_pool(*o.spec('car_pool').example_inputs())\n"
+        "o.oe_boxes(*o.spec('oe_boxes').example_inputs())\n" + _LOADED
+    )
+    assert out.splitlines() == ["['fastmlr._C']", "['fastmlr._C']"]
+
+
+def test_the_reference_loads_neither_the_extension_nor_triton():
+    """On the reference backend (by name, or where it is the only one that runs an op on the CPU) nothing loads."""
+    out = _python(
+        "import sys, torch, fastmlr.ops as o\n"
+        "for s in o.specs():\n"
+        "    s.function(*s.example_inputs(), backend='reference')\n" + _LOADED +
+        "with o.use_backend('reference'):\n"
+        "    o.car_pool(*o.spec('car_pool').example_inputs())\n"
+        "o.second_order_pool(*o.spec('second_order_pool').example_inputs())\n"
+        "o.multi_perspective_cosine(*o.spec('multi_perspective_cosine').example_inputs())\n" + _LOADED
+    )
+    assert out.splitlines() == ["[]", "[]"]
+
+
 _TRITON = next(r for r in ops.backend_status("cpu") if r.name == "triton")
 
 

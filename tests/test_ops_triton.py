@@ -178,7 +178,8 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fastmlr.kernels import car, oe
+    from fastmlr.kernels import car_attention as car
+    from fastmlr.kernels import car_pooling, oe
 
     def compile_(fn, types, consts, num_warps=4):
         sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in fn.arg_names}
@@ -196,10 +197,10 @@ def test_kernels_compile_for_sm90_without_a_gpu():
         compile_(car._car_sa_fwd_kernel, io, sa)
         compile_(car._car_sa_bwd_du_kernel, io, sa)
         compile_(car._car_sa_bwd_dw_kernel, io, dict(sa, **car._SA_DW_CONFIGS[0].kwargs))
-        pool = {k: v for k, v in car._POOL_GPU.items() if k != "num_warps"}
-        compile_(car._car_pool_fwd_kernel, {**io, "out_ptr": f"*{dt}"}, dict(ACC=tl.float32, STORE_IDX=True, **pool))
-        bwd = {k: v for k, v in car._POOL_BWD_GPU.items() if k != "num_warps"}
-        compile_(car._car_pool_bwd_kernel, io, dict(NEED_F=True, NEED_SA=True, NEED_CA=True, ACC=tl.float32, **bwd))
+        pool = {k: v for k, v in car_pooling._POOL_GPU.items() if k != "num_warps"}
+        compile_(car_pooling._car_pool_fwd_kernel, {**io, "out_ptr": f"*{dt}"}, dict(ACC=tl.float32, STORE_IDX=True, **pool))
+        bwd = {k: v for k, v in car_pooling._POOL_BWD_GPU.items() if k != "num_warps"}
+        compile_(car_pooling._car_pool_bwd_kernel, io, dict(NEED_F=True, NEED_SA=True, NEED_CA=True, ACC=tl.float32, **bwd))
         compile_(oe._oe_boxes_kernel, {**io, "out_ptr": "*i64"}, dict(BLOCK_H=16, BLOCK_W=16))
         compile_(oe._oe_erase_kernel, io, dict(BLOCK=256))
     # The box rule computes in the map's own dtype: bfloat16 arithmetic must lower too.

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fastmlr import deploy, runtime
-from fastmlr.deploy import contract
+from fastmlr.artifact import contract
 from test_deploy_contract import S, _Meta, _numpy_reference, _tiny_onnx
 
 MEAN = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)

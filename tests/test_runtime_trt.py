@@ -7,7 +7,7 @@ execution context and the requested shape (fastmlr/runtime/trt.py), tested here 
 import pytest
 
 from fakes import FakeContext, FakeEngine, FakeTRT
-from fastmlr.deploy.contract import INPUT_NAME, OUTPUT_NAMES
+from fastmlr.artifact.contract import INPUT_NAME, OUTPUT_NAMES
 from fastmlr.runtime import trt as rt
 
 SIDECAR = {"image_size": 64, "class_names": [f"c{i}" for i in range(10)]}

@@ -113,7 +113,7 @@ def test_float32_thresholds_decide_the_same_in_float32():
 
 
 def test_saturated_scores_give_thresholds_a_sidecar_accepts():
-    from fastmlr.deploy.contract import check_thresholds
+    from fastmlr.artifact.contract import check_thresholds
 
     s = np.array([[1.0, 0.0], [1.0, 0.0], [0.3, 0.0]], dtype=np.float32)
     y = np.array([[1, 1], [1, 1], [0, 1]])
@@ -364,7 +364,7 @@ def test_tensorrt_and_triton_plan_sidecars_carry_them(calibrated, tmp_path, monk
 
     from fakes import fake_tensorrt
 
-    from fastmlr.deploy import probe
+    from fastmlr.artifact import probe
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt([]))
     monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))

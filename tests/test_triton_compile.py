@@ -5,7 +5,7 @@ that needs more shared memory or registers than a block may have on some GPU (Tr
 ``OutOfResources`` at the first launch there), nor what the code generator makes of an arithmetic
 operator. Here, without a GPU:
 
-1. each launcher of fastmlr.kernels (car, oe, mlr_extra) runs on ``meta`` tensors with its kernels
+1. each launcher of fastmlr.kernels (car_attention, car_pooling, oe, mlr_extra) runs on ``meta`` tensors with its kernels
    replaced by recorders, for every dtype the backend accepts on CUDA, every map size class of the
    OE ops and every gradient combination, so the configs tested are the ones the launchers pass
    (every config of an autotuned kernel);
@@ -155,9 +155,9 @@ class _Recorder:
 
 
 def _kernel_modules():
-    from fastmlr.kernels import car, mlr_extra, oe
+    from fastmlr.kernels import car_attention, car_pooling, mlr_extra, oe
 
-    return (car, oe, mlr_extra)
+    return (car_attention, car_pooling, oe, mlr_extra)
 
 
 def launched_kernels() -> set[str]:
@@ -190,7 +190,7 @@ def oe_map_sizes(m: int) -> list[tuple[int, int]]:
 
 def _exercise_launchers(dtype: torch.dtype) -> None:
     """Every launcher, forward and backward, on meta tensors (nothing runs, the recorders log)."""
-    car, oe, mlr_extra = _kernel_modules()
+    car_attention, car_pooling, oe, mlr_extra = _kernel_modules()
     meta = dict(device="meta", dtype=dtype)
 
     def grads(out, inputs):
@@ -199,13 +199,13 @@ def _exercise_launchers(dtype: torch.dtype) -> None:
     # SRDL at the paper's shapes: N=2, C=80, 14 x 14, D=2048 (configs do not depend on the sizes).
     N, C, P, D = 2, 80, 196, 2048
     u, wc, s, b = (torch.empty(sh, **meta, requires_grad=True) for sh in ((N, P, D), (C, D), (D,), ()))
-    grads(car.car_spatial_attention(u, wc, s, b), [u, wc, s, b])
+    grads(car_attention.car_spatial_attention(u, wc, s, b), [u, wc, s, b])
     f0, sa0, ca0 = torch.empty(N, D, P, **meta), torch.empty(N, C, P, **meta), torch.empty(N, C, D, **meta)
     # Every non-empty subset of (f, sa, ca) needing a gradient in fp32; the others only remove code, so
     # the other dtypes take the largest, all three.
     for need in range(1, 8) if dtype == torch.float32 else (7,):
         ins = [t.clone().requires_grad_(bool(need >> i & 1)) for i, t in enumerate((f0, sa0, ca0))]
-        grads(car.car_pool(*ins), [t for t in ins if t.requires_grad])
+        grads(car_pooling.car_pool(*ins), [t for t in ins if t.requires_grad])
     for h, w in oe_map_sizes(oe.MAX_OE_SIDE):
         sa = torch.empty(N, 3, h, w, **meta, requires_grad=True)
         boxes = oe.oe_boxes(sa, 0.5)
@@ -370,14 +370,14 @@ def test_build_arch_list_has_known_limits():
 
 def test_recorder_sees_every_kernel_and_config(launches):
     """Guards the harness itself: every kernel is launched, every autotune config and dtype is seen."""
-    car, oe, mlr_extra = _kernel_modules()
+    car_attention, _, oe, mlr_extra = _kernel_modules()
     names = {launch.name for launch in launches}
     assert names == launched_kernels(), f"kernels never launched by the exercise: {launched_kernels() - names}"
     dtypes = {dict(launch.signature)["u_ptr"] for launch in launches if launch.name == "_car_sa_fwd_kernel"}
     assert dtypes == {"*" + _TL_TYPES[d] for d in _backend_cuda_dtypes()}
     fwd = {launch.constexprs for launch in launches if launch.name == "_car_sa_fwd_kernel"
            and dict(launch.signature)["u_ptr"] == "*fp32"}
-    assert len(fwd) == len(car._sa_fwd.configs)
+    assert len(fwd) == len(car_attention._sa_fwd.configs)
     boxes = {(c["BLOCK_H"], c["BLOCK_W"]) for c in (dict(x.constexprs) for x in launches if x.name == "_oe_boxes_kernel")}
     assert boxes == {(triton.next_power_of_2(h), triton.next_power_of_2(w)) for h, w in oe_map_sizes(oe.MAX_OE_SIDE)}
     erase = {dict(x.constexprs)["BLOCK"] for x in launches if x.name == "_oe_erase_kernel"}

@@ -27,7 +27,7 @@ from fakes import fake_tensorrt, fake_tensorrt_plugin, symbolic_desc
 from onnx import TensorProto, helper
 
 from fastmlr import ops
-from fastmlr.deploy import probe
+from fastmlr.artifact import probe
 from fastmlr.deploy import trt_plugins as tp
 from fastmlr.deploy.trt import build_trt_engine
 
@@ -163,17 +163,18 @@ class _Recorder:
 
 def _launcher_launch(op, blocks, monkeypatch):
     """(grid, int args, float args) the Python launcher launches for SHAPES[op], with the plugin's tile."""
-    from fastmlr.kernels import car, mlr_extra
+    from fastmlr.kernels import car_attention, car_pooling, mlr_extra
 
     log = []
-    for mod, attr in ((car, "_sa_fwd"), (car, "_car_pool_fwd_kernel"), (mlr_extra, "_sop_mean_kernel"),
-                      (mlr_extra, "_sop_fwd_kernel"), (mlr_extra, "_mpc_fwd_kernel")):
+    for mod, attr in ((car_attention, "_sa_fwd"), (car_pooling, "_car_pool_fwd_kernel"),
+                      (mlr_extra, "_sop_mean_kernel"), (mlr_extra, "_sop_fwd_kernel"), (mlr_extra, "_mpc_fwd_kernel")):
         monkeypatch.setattr(mod, attr, _Recorder(attr, log))
-    monkeypatch.setattr(car, "_POOL_GPU", dict(blocks, num_warps=4))
-    monkeypatch.setattr(car, "INTERPRET", False)
+    monkeypatch.setattr(car_pooling, "_POOL_GPU", dict(blocks, num_warps=4))
+    for mod in (car_attention, car_pooling):
+        monkeypatch.setattr(mod, "INTERPRET", False)
     monkeypatch.setattr(mlr_extra, "_blocks", lambda dtype: dict(blocks))
     t = [torch.empty(SHAPES[op][n], device="meta") for n in CONTRACT[op]]
-    {"CarSpatialAttention": car.car_spatial_attention_forward, "CarPool": car.car_pool_forward,
+    {"CarSpatialAttention": car_attention.car_spatial_attention_forward, "CarPool": car_pooling.car_pool_forward,
      "SecondOrderPool": mlr_extra.second_order_pool_forward,
      "MultiPerspectiveCosine": mlr_extra.multi_perspective_cosine_forward}[op](*t)
     name, grid, args, kwargs = log[-1]  # the covariance's mean launch comes first
@@ -556,7 +557,7 @@ def test_plugin_kernels_compile_for_this_gpu():
 @pytest.mark.parametrize("with_plugin", [True, False], ids=["plugins", "no-plugins"])
 def test_cli_trt_builds_the_fused_graph_when_the_plugins_register(monkeypatch, tmp_path, capsys, with_plugin):
     from fastmlr import export as ex
-    from fastmlr.deploy.contract import write_sidecar
+    from fastmlr.artifact.contract import write_sidecar
 
     _, log = _install_builder(monkeypatch, with_plugin=with_plugin)
     asked = []

@@ -316,34 +316,6 @@ def _bench_figures(out_dir: Path):
 # The ops micro-benchmark (runs in its own process: python3 tools/gpu_check.py --ops-bench FILE)
 # ---------------------------------------------------------------------------
 
-OPS_SHAPES = dict(N=16, C=80, H=14, W=14, D=2048, K_OE=3, K_PERSPECTIVES=4)
-
-
-def _ops_inputs(op: str, dtype, gen):
-    import torch
-
-    s = OPS_SHAPES
-    N, C, H, W, D = s["N"], s["C"], s["H"], s["W"], s["D"]
-    P = H * W
-    dev = "cuda"
-
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, device=dev) * scale).to(dtype)
-
-    if op == "car_spatial_attention":
-        return [r(N, P, D, scale=0.5), r(C, D, scale=0.5), r(D, scale=0.05), r(())]
-    if op == "car_pool":
-        return [r(N, D, P).relu(), torch.sigmoid(r(N, C, P)), torch.sigmoid(r(N, C, D))]
-    if op in ("oe_boxes", "oe_erase"):
-        sa = torch.sigmoid(r(N, s["K_OE"], H, W, scale=3.0))
-        return [sa]
-    if op == "second_order_pool":
-        return [r(N, D, P).relu()]
-    if op == "multi_perspective_cosine":
-        return [r(N, C, D), (1.0 + 0.1 * torch.randn(s["K_PERSPECTIVES"], D, generator=gen, device=dev)).to(dtype)]
-    raise KeyError(op)
-
-
 def _time_ms(fn, iters: int, warmup: int) -> dict:
     import torch
 
@@ -368,24 +340,20 @@ def ops_bench(out_file: Path, iters: int = 20, warmup: int = 3) -> None:
     from fastmlr import ops
     from fastmlr.files import atomic_write_json
 
-    result = {"shapes": OPS_SHAPES, "iters": iters, "warmup": warmup, "backends": ops.available_backends("cuda"),
+    result = {"shapes": {}, "iters": iters, "warmup": warmup, "backends": ops.available_backends("cuda"),
               "cells": []}
     names = [b for b in ("reference", "cpp", "triton") if b in result["backends"]]
     result["missing_backends"] = [b for b in ("reference", "cpp", "triton") if b not in names]
-    op_names = ("car_spatial_attention", "car_pool", "oe_boxes", "oe_erase", "second_order_pool",
-                "multi_perspective_cosine")
-    for op in op_names:
+    for spec in ops.specs():  # each op at its paper's shapes (fastmlr/ops/opspec.py, OpSpec.example_inputs)
+        op = spec.name
         for dtype in (torch.float32, torch.float16):
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            inputs = _ops_inputs(op, dtype, gen)
-            op_fn = getattr(ops, op)
+            inputs = list(spec.example_inputs("cuda", dtype, size="paper"))
+            result["shapes"][op] = [list(a.shape) for a in inputs if isinstance(a, torch.Tensor)]
+            op_fn = spec.function
 
             def fn(*args, backend, op_fn=op_fn):
                 with ops.use_backend(backend):
                     return op_fn(*args)
-            if op == "oe_erase":
-                with ops.use_backend("reference"):
-                    inputs = [inputs[0], ops.oe_boxes(inputs[0])]
             ref_out = fn(*inputs, backend="reference") if "reference" in names else None
             for backend in names:
                 cell = {"op": op, "dtype": str(dtype).replace("torch.", ""), "backend": backend}
@@ -400,13 +368,15 @@ def ops_bench(out_file: Path, iters: int = 20, warmup: int = 3) -> None:
                             cell["max_abs_diff"] = float((out.double() - ref_out.double()).abs().max())
                     del out
                     cell["forward"] = _time_ms(lambda xs=inputs, b=backend: fn(*xs, backend=b), iters, warmup)
-                    if op != "oe_boxes":
-                        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+                    if spec.differentiable:
+                        leaves = [t.detach().clone().requires_grad_(t.is_floating_point())
+                                  if isinstance(t, torch.Tensor) else t for t in inputs]
                         grad = torch.ones_like(fn(*leaves, backend=backend))
 
                         def fwd_bwd():
                             for t in leaves:
-                                t.grad = None
+                                if isinstance(t, torch.Tensor):
+                                    t.grad = None
                             fn(*leaves, backend=backend).backward(grad)
                         cell["forward_backward"] = _time_ms(fwd_bwd, iters, warmup)
                         del leaves, grad

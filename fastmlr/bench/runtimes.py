@@ -188,14 +188,11 @@ class TensorRTFP16(Runtime):
         r = super().why_not(device)
         if r:
             return r
-        try:
-            unavailable = _deploy("probe", "TRTUnavailable")
-            import_tensorrt = _deploy("probe", "import_tensorrt")
-        except SkipCell as e:
-            return str(e)
+        from ..artifact.probe import TRTUnavailable, import_tensorrt
+
         try:
             import_tensorrt()
-        except unavailable as e:
+        except TRTUnavailable as e:
             return str(e)
         return None
 

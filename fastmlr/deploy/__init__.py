@@ -2,9 +2,9 @@
 
 One module per job:
 
-- :mod:`~fastmlr.deploy.contract`: the artefact contract (sidecar format, I/O
-  names, writing and checking sidecars), shared with :mod:`fastmlr.runtime`;
-- :mod:`~fastmlr.deploy.probe`: the GPU / TensorRT probe, shared with the runtime;
+- the artefact contract (sidecar format, I/O names, writing and checking
+  sidecars) and the GPU / TensorRT probe live in :mod:`fastmlr.artifact`, which
+  :mod:`fastmlr.runtime` imports too; their names are re-exported here;
 - :mod:`~fastmlr.deploy.graph`: the graph that is traced (:class:`InferenceGraph`,
   :func:`export_mode`);
 - :mod:`~fastmlr.deploy.onnx`, :mod:`~fastmlr.deploy.aoti`, :mod:`~fastmlr.deploy.trt`,
@@ -13,15 +13,15 @@ One module per job:
 - :mod:`~fastmlr.deploy.verify`: what the checks compare against, and their bounds.
 
 ``python -m fastmlr.export`` is the command over these. The runners never
-import the builders; this package's own import loads only the contract and the
-probe, and the builders' names below on first use.
+import the builders (nor this package); this package's own import loads only the
+contract and the probe, and the builders' names below on first use.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .contract import (
+from ..artifact.contract import (
     INPUT_NAME,
     OUTPUT_NAMES,
     SIDECAR_FORMAT,
@@ -33,24 +33,28 @@ from .contract import (
     sidecar_path,
     write_sidecar,
 )
-from .probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_version
+from ..artifact.probe import TRTUnavailable, gpu_available, import_tensorrt, tensorrt_version
 
 # Public names of the builder modules, imported when first asked for (they import torch.onnx, onnx, ...).
+# Full module names, so that tests/test_architecture.py sees these imports.
 _LAZY = {
-    "InferenceGraph": "graph", "export_mode": "graph",
-    "export_onnx": "onnx", "verify_onnx": "onnx", "onnx_op_types": "onnx", "unsupported_by_tensorrt": "onnx",
-    "fp16_map_check": "onnx", "export_onnx_fp16": "onnx", "TRT_ONNX_OPS": "onnx", "DEFAULT_OPSET": "onnx",
-    "export_aoti": "aoti", "verify_aoti": "aoti",
-    "build_trt_engine": "trt",
-    "register_plugins": "trt_plugins", "plugins_available": "trt_plugins",
-    "triton_config": "triton_repo", "write_triton_repo": "triton_repo",
-    "TOLERANCE": "verify", "FP16_MAP_POINTS": "verify", "real_images": "verify",
+    "InferenceGraph": "fastmlr.deploy.graph", "export_mode": "fastmlr.deploy.graph",
+    "export_onnx": "fastmlr.deploy.onnx", "verify_onnx": "fastmlr.deploy.onnx",
+    "onnx_op_types": "fastmlr.deploy.onnx", "unsupported_by_tensorrt": "fastmlr.deploy.onnx",
+    "fp16_map_check": "fastmlr.deploy.onnx", "export_onnx_fp16": "fastmlr.deploy.onnx",
+    "TRT_ONNX_OPS": "fastmlr.deploy.onnx", "DEFAULT_OPSET": "fastmlr.deploy.onnx",
+    "export_aoti": "fastmlr.deploy.aoti", "verify_aoti": "fastmlr.deploy.aoti",
+    "build_trt_engine": "fastmlr.deploy.trt",
+    "register_plugins": "fastmlr.deploy.trt_plugins", "plugins_available": "fastmlr.deploy.trt_plugins",
+    "triton_config": "fastmlr.deploy.triton_repo", "write_triton_repo": "fastmlr.deploy.triton_repo",
+    "TOLERANCE": "fastmlr.deploy.verify", "FP16_MAP_POINTS": "fastmlr.deploy.verify",
+    "real_images": "fastmlr.deploy.verify",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from ..files import check_replaceable, remove_stale_temps, replace_file, temp_path_for
-from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
-from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
 from ..runtime.aoti import OPS_NAMESPACE, load_package, package_custom_ops
+from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
 from .verify import TOLERANCE, max_abs_diff, torch_probs
 
 AOTI_OPS = ("cpp", "reference")
@@ -40,11 +40,11 @@ def default_aoti_ops() -> str:
 
 
 def graph_custom_ops(ep) -> list[str]:
-    """The ``fastmlr::`` ops an exported program calls, e.g. ``["fastmlr::car_pool"]``."""
+    """The ``fastmlr::`` ops an exported program calls, sorted, e.g. ``["fastmlr::<op>", ...]``."""
     names = set()
     for node in ep.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-            name = node.target.name()  # "fastmlr::car_pool" (overload "default" omitted)
+            name = node.target.name()  # "fastmlr::<op>" (overload "default" omitted)
             if name.startswith(OPS_NAMESPACE):
                 names.add(name.split(".")[0])
     return sorted(names)

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .fp16_graph import _Graph, _convert, _load, convert_fp16, precision_of  # noqa: F401  (the public conversion, here too)
+from .fp16_graph import Fp16Graph, convert_fp16, load_model, precision_of  # noqa: F401  (the conversion, here too)
 
 
 def _session(data: bytes):
@@ -38,7 +38,7 @@ def run_probs(model, images: dict, output: str = "probs") -> dict:
     import onnx
 
     data = model if isinstance(model, (bytes, bytearray)) else \
-        (model if isinstance(model, onnx.ModelProto) else _load(model)).SerializeToString()
+        (model if isinstance(model, onnx.ModelProto) else load_model(model)).SerializeToString()
     sess = _session(bytes(data))
     name = sess.get_inputs()[0].name
     return {k: sess.run([output], {name: np.ascontiguousarray(x, dtype=np.float32)})[0] for k, x in images.items()}
@@ -82,7 +82,7 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
     with ``out_path=None`` nothing is written and ``model`` holds the graph.
     """
     t0 = time.perf_counter()
-    graph = _Graph(onnx_fp32)
+    graph = Fp16Graph(onnx_fp32)
     sets = _as_sets(images)
     if reference is None:
         reference = run_probs(graph.model, sets, output)
@@ -92,7 +92,7 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
     def error_with(fp16_groups) -> dict:
         keep = {n.name for g, nodes in graph.groups.items() if g not in fp16_groups for n in nodes}
         evals[0] += 1
-        return max_error(run_probs(_convert(graph, keep), sets, output), reference)
+        return max_error(run_probs(convert_fp16(graph, keep), sets, output), reference)
 
     def error_keep(keep_groups) -> dict:
         return error_with(set(graph.groups) - set(keep_groups))
@@ -149,7 +149,7 @@ def search_fp16(onnx_fp32, out_path: str | None, images, *, budget: float = 1e-2
                     if g in convs_fp32:
                         convs_fp32.remove(g)
     keep_nodes = {n.name for g in kept for n in graph.groups[g]}
-    final = _convert(graph, keep_nodes)
+    final = convert_fp16(graph, keep_nodes)
     err_final = max_error(run_probs(final, sets, output), reference)
     data = final.SerializeToString()
     if out_path:

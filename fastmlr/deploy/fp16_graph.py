@@ -27,7 +27,8 @@ _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
 
 # -- graph analysis -------------------------------------------------------------------------------------------
-def _load(model):
+def load_model(model):
+    """A copy of an ONNX graph given as a path, bytes or a ModelProto -> onnx.ModelProto."""
     import onnx
 
     if isinstance(model, (bytes, bytearray)):
@@ -44,7 +45,7 @@ def _prepare(model):
     import onnx
     from onnx import inliner
 
-    m = _load(model)
+    m = load_model(model)
     if len(m.functions):
         m = inliner.inline_local_functions(m)
     for n in m.graph.node:
@@ -114,8 +115,12 @@ def _beyond_fp16(t) -> bool:
     return bool(a.size) and float(np.abs(a).max()) > FP16_MAX
 
 
-class _Graph:
-    """An fp32 graph ready to be converted: its float nodes, their groups and the forced fp32 nodes."""
+class Fp16Graph:
+    """An fp32 graph ready to be converted: its float nodes, their groups and the forced fp32 nodes.
+
+    Prepared once (functions inlined, constants as initializers) and converted many times by
+    :func:`convert_fp16` with different sets of fp32 nodes (the search of fastmlr/deploy/fp16.py).
+    """
 
     def __init__(self, model):
         self.model = _prepare(model)
@@ -142,7 +147,7 @@ class _Graph:
 
 
 # -- conversion -----------------------------------------------------------------------------------------------
-def _convert(graph: _Graph, keep_fp32: set):
+def _convert(graph: Fp16Graph, keep_fp32: set):
     import onnx
     from onnx import helper, numpy_helper
 
@@ -232,7 +237,7 @@ def convert_fp16(model, keep_fp32=()):
     ``keep_fp32``: node names that stay fp32 (a final Sigmoid/Softmax always does).
     Graph inputs and outputs stay float32. Raises ValueError on an unknown node name.
     """
-    graph = model if isinstance(model, _Graph) else _Graph(model)
+    graph = model if isinstance(model, Fp16Graph) else Fp16Graph(model)
     keep = set(keep_fp32)
     unknown = keep - {n.name for n in graph.model.graph.node}
     if unknown:
@@ -242,7 +247,7 @@ def convert_fp16(model, keep_fp32=()):
 
 def precision_of(model) -> dict:
     """{node name: "fp16" | "fp32" | None} of a converted graph: the type of each node's first float output."""
-    m = _load(model)
+    m = load_model(model)
     types = _elem_types(m)
     res = {}
     for n in m.graph.node:

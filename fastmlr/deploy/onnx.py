@@ -7,11 +7,18 @@ import os
 import torch
 import torch.nn as nn
 
+from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from ..files import atomic_write_bytes
-from .contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
-from .onnx_ops import (DEFAULT_OP_SET, FUSED_DOMAIN, FUSED_NODES, check_fused_nodes, check_op_set, trace_backend,
-                       translation_table)
+from .onnx_ops import (
+    DEFAULT_OP_SET,
+    FUSED_DOMAIN,
+    check_fused_nodes,
+    check_op_set,
+    fused_node_types,
+    trace_backend,
+    translation_table,
+)
 from .verify import FP16_MAP_POINTS, TOLERANCE, max_abs_diff, torch_probs
 
 DEFAULT_OPSET = 18
@@ -179,15 +186,14 @@ def unsupported_by_tensorrt(path_or_model, plugins: bool = False) -> list[str]:
 
     ``plugins``: the fused op set's fastmlr nodes count as supported (TensorRT runs them as plugins).
     """
-    ok = TRT_ONNX_OPS | ({f"{FUSED_DOMAIN}::{op}" for op in FUSED_NODES} if plugins else frozenset())
+    ok = TRT_ONNX_OPS | ({f"{FUSED_DOMAIN}::{op}" for op in fused_node_types()} if plugins else frozenset())
     return [op for op in onnx_op_types(path_or_model) if op not in ok]
 
 
 def ort_session(path: str, providers=None):
     """An ONNX Runtime session that logs errors only (fp16 graphs make the CPU provider warn about every unfoldable node)."""
-    import onnxruntime as ort
-
     import onnx
+    import onnxruntime as ort
 
     from ..runtime.onnx_fused import fused_node_types, fused_session_input
 

@@ -4,34 +4,35 @@
   is traced through the ops' ``decomposed`` backend, whose chunks of categories
   bound the largest intermediate independently of the number of categories
   (fastmlr/ops/decomposed.py). Runs in any ONNX runtime.
-- ``fused``: each inference op is one node of the ``fastmlr`` domain (version
-  1), traced through the ``nodes`` backend (the extension's ``fastmlr::`` ops)
-  and translated here. A runtime needs an implementation of the nodes: in
+- ``fused``: each fused op is one node of the ``fastmlr`` domain (version 1),
+  traced through the ``nodes`` backend (one ``fastmlr_nodes::`` custom op per
+  op) and translated here. A runtime needs an implementation of the nodes: in
   Python, :mod:`fastmlr.runtime.onnx_fused` (onnxruntime-extensions calling
-  the ``cpp`` kernels); in TensorRT, plugins.
+  fastmlr's kernels); in TensorRT, plugins.
 
-The fused nodes (no attributes; float32 or float16, like their inputs; shapes
-as in :mod:`fastmlr.ops`)::
-
-    CarSpatialAttention(u[N,P,D], wc[C,D], s[D], b[]) -> sa[N,C,P]
-    CarPool(f[N,D,P], sa[N,C,P], ca[N,C,D])           -> feat[N,C,D]
-    SecondOrderPool(x[N,D,P])                         -> cov[N,D,D]
-    MultiPerspectiveCosine(v[N,C,D], w[K,D])          -> s[N,C,C]
+The fused nodes are the ops' declarations (``OpSpec.onnx``, fastmlr/ops/opspec.py):
+op type, inputs in order, one output of the declared shape, float32 or float16 like
+the inputs, and the declared attributes (none for the built-in ops). ``python -c
+"from fastmlr import ops; [print(s.onnx) for s in ops.fused_specs()]"`` lists them.
+This module names no op.
 """
 
 from __future__ import annotations
 
+import inspect
+
+from ..ops import FUSED_DOMAIN, fused_specs
+from ..ops.opspec import FUSED_VERSION, by_onnx_type
+
 OP_SETS = ("standard", "fused")
 DEFAULT_OP_SET = "standard"
-FUSED_DOMAIN = "fastmlr"
-FUSED_VERSION = 1
-# op type -> (fastmlr.ops function, input names, output name); the order of inputs is the contract.
-FUSED_NODES = {
-    "CarSpatialAttention": ("car_spatial_attention", ("u", "wc", "s", "b"), "sa"),
-    "CarPool": ("car_pool", ("f", "sa", "ca"), "feat"),
-    "SecondOrderPool": ("second_order_pool", ("x",), "cov"),
-    "MultiPerspectiveCosine": ("multi_perspective_cosine", ("v", "w"), "s"),
-}
+
+
+def fused_node_types() -> tuple[str, ...]:
+    """The op types of the fused nodes, in declaration order (e.g. for TensorRT's list of supported nodes)."""
+    return tuple(s.onnx.op_type for s in fused_specs())
+
+
 # The fastmlr.ops backend each op set is traced through.
 TRACE_BACKEND = {"standard": "decomposed", "fused": "nodes"}
 
@@ -43,7 +44,7 @@ def check_op_set(name: str, flag: str = "--onnx-ops") -> str:
 
 
 def trace_backend(op_set: str) -> str:
-    """The backend to trace ``op_set`` through; refuses ``fused`` where the extension is missing, saying why."""
+    """The backend to trace ``op_set`` through; refuses one whose backend cannot run here, saying why."""
     from .. import ops
 
     backend = TRACE_BACKEND[check_op_set(op_set)]
@@ -54,39 +55,37 @@ def trace_backend(op_set: str) -> str:
     return backend
 
 
+def _translation(spec, dom, FLOAT):
+    """The onnxscript function emitting ``spec``'s node: parameters named and typed as onnxscript reads them."""
+    node = spec.onnx
+    attrs = dict(node.attributes)
+
+    def emit(*args):
+        return getattr(dom, node.op_type)(*args, **attrs)
+
+    P = inspect.Parameter
+    emit.__signature__ = inspect.Signature([P(n, P.POSITIONAL_OR_KEYWORD, annotation=FLOAT) for n in node.inputs],
+                                           return_annotation=FLOAT)
+    emit.__annotations__ = {**{n: FLOAT for n in node.inputs}, "return": FLOAT}
+    emit.__name__ = emit.__qualname__ = spec.name
+    return emit
+
+
 def translation_table() -> dict:
-    """``torch.onnx.export(custom_translation_table=...)`` for the fused op set: fastmlr:: ops -> fastmlr-domain nodes."""
-    import torch
+    """``torch.onnx.export(custom_translation_table=...)`` for the fused op set: each declared fused op's
+    ``fastmlr_nodes::`` custom op (the "nodes" backend) -> its ``fastmlr``-domain node."""
     from onnxscript import values
     from onnxscript.onnx_types import FLOAT
 
-    from onnxscript import opset18 as std
+    from ..ops._nodes import node_op
 
+    trace_backend("fused")  # loads the "nodes" backend, which defines the custom ops mapped below
     register_schemas()
-    dom = values.Opset(FUSED_DOMAIN, FUSED_VERSION)
-
-    def car_spatial_attention(u: FLOAT, wc: FLOAT, s: FLOAT, b: FLOAT) -> FLOAT:
-        return dom.CarSpatialAttention(u, wc, s, b)
-
-    def car_pool(f: FLOAT, sa: FLOAT, ca: FLOAT):
-        feat = dom.CarPool(f, sa, ca)
-        # The C++ op also returns the argmax index its backward uses; inference graphs never read it,
-        # and the exporter drops the node below as unused.
-        return feat, std.Cast(feat, to=7)  # 7: INT64
-
-    def second_order_pool(x: FLOAT) -> FLOAT:
-        return dom.SecondOrderPool(x)
-
-    def multi_perspective_cosine(v: FLOAT, w: FLOAT) -> FLOAT:
-        return dom.MultiPerspectiveCosine(v, w)
-
-    f = torch.ops.fastmlr
-    return {
-        f.car_spatial_attention.default: car_spatial_attention,
-        f.car_pool.default: car_pool,
-        f.second_order_pool.default: second_order_pool,
-        f.multi_perspective_cosine.default: multi_perspective_cosine,
-    }
+    table = {}
+    for spec in fused_specs():
+        dom = values.Opset(spec.onnx.domain, spec.onnx.version)
+        table[node_op(spec)] = _translation(spec, dom, FLOAT)
+    return table
 
 
 def register_schemas() -> None:
@@ -98,14 +97,15 @@ def register_schemas() -> None:
     import onnx
     from onnx.defs import OpSchema
 
-    for op_type, (fn, inputs, output) in FUSED_NODES.items():
-        if onnx.defs.has(op_type, FUSED_DOMAIN):
+    for spec in fused_specs():
+        node = spec.onnx
+        if onnx.defs.has(node.op_type, node.domain):
             continue
         schema = OpSchema(
-            op_type, FUSED_DOMAIN, FUSED_VERSION, doc=f"fastmlr.ops.{fn}",
-            inputs=[OpSchema.FormalParameter(name, "T") for name in inputs],
-            outputs=[OpSchema.FormalParameter(output, "T")],
-            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16, like the inputs")],
+            node.op_type, node.domain, node.version, doc=f"fastmlr.ops.{spec.name}",
+            inputs=[OpSchema.FormalParameter(name, "T") for name in node.inputs],
+            outputs=[OpSchema.FormalParameter(node.output, "T")],
+            type_constraints=[("T", list(node.types), "the inputs' type")],
         )
         onnx.defs.register_schema(schema)
 
@@ -116,15 +116,18 @@ def fused_nodes(model_proto) -> list:
 
 
 def check_fused_nodes(model_proto) -> None:
-    """Every fastmlr-domain node is one of :data:`FUSED_NODES` with its number of inputs and one output."""
+    """Every fastmlr-domain node is a declared fused op's node, with its inputs, one output and its attributes."""
     for n in fused_nodes(model_proto):
-        if n.op_type not in FUSED_NODES:
+        spec = by_onnx_type(n.op_type)
+        if spec is None:
             raise ValueError(f"the fused graph has an unexpected {FUSED_DOMAIN} node {n.op_type!r} ({n.name})")
-        _, inputs, _ = FUSED_NODES[n.op_type]
-        if len(n.input) != len(inputs) or len(n.output) != 1 or len(n.attribute):
-            raise ValueError(f"{FUSED_DOMAIN}::{n.op_type} node {n.name}: expected inputs {inputs}, one output and "
-                             f"no attributes, got {len(n.input)} inputs, {len(n.output)} outputs")
+        node = spec.onnx
+        attrs = {a.name for a in n.attribute}
+        if len(n.input) != len(node.inputs) or len(n.output) != 1 or attrs != set(node.attributes):
+            raise ValueError(f"{FUSED_DOMAIN}::{n.op_type} node {n.name}: expected inputs {node.inputs}, one output and "
+                             f"attributes {sorted(node.attributes) or 'none'}, got {len(n.input)} inputs, "
+                             f"{len(n.output)} outputs")
 
 
-__all__ = ["OP_SETS", "DEFAULT_OP_SET", "FUSED_DOMAIN", "FUSED_VERSION", "FUSED_NODES", "TRACE_BACKEND",
+__all__ = ["OP_SETS", "DEFAULT_OP_SET", "FUSED_DOMAIN", "FUSED_VERSION", "fused_node_types", "TRACE_BACKEND",
            "check_op_set", "trace_backend", "translation_table", "register_schemas", "fused_nodes", "check_fused_nodes"]

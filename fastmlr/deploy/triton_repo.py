@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES, read_sidecar, seal, sidecar_path
 from ..files import atomic_write_bytes, atomic_write_json
-from .contract import INPUT_NAME, OUTPUT_NAMES, read_sidecar, seal, sidecar_path
 
 
 def triton_config(name: str, platform: str, num_classes: int, image_size: int, max_batch: int,

@@ -15,7 +15,7 @@ implementations, and the engine embeds the compiled kernels. Where they cannot
 be registered, a ``fallback_onnx`` graph of the standard op set is built
 instead, and one line says so.
 
-``tensorrt`` is imported only through :func:`fastmlr.deploy.probe.import_tensorrt`,
+``tensorrt`` is imported only through :func:`fastmlr.artifact.probe.import_tensorrt`,
 after a GPU has been found.
 """
 
@@ -24,9 +24,10 @@ from __future__ import annotations
 import os
 import sys
 
+from ..artifact import probe
+from ..artifact.contract import INPUT_NAME, read_sidecar, write_sidecar
 from ..files import atomic_write_bytes
-from . import probe, trt_plugins
-from .contract import INPUT_NAME, read_sidecar, write_sidecar
+from . import trt_plugins
 
 
 def network_flags(trt) -> int:
@@ -103,7 +104,7 @@ def build_trt_engine(
     plugins, or, when they cannot be registered here, from ``fallback_onnx``
     (a ``standard`` graph of the same model); the log line and the sidecar's
     ``onnx_ops`` say which. Returns ``engine_path``. Raises
-    :class:`~fastmlr.deploy.probe.TRTUnavailable` without a GPU or TensorRT (or
+    :class:`~fastmlr.artifact.probe.TRTUnavailable` without a GPU or TensorRT (or
     without the plugins and a fallback), ``RuntimeError`` when parsing or building fails.
     """
     if not 1 <= min_batch <= opt_batch <= max_batch:

@@ -1,17 +1,20 @@
 """TensorRT plugins for the fused ``fastmlr`` ONNX nodes, with fastmlr's Triton kernels compiled ahead of time.
 
-One quickly deployable plugin (``tensorrt.plugin``) per fused op, named as
-the ONNX node (domain ``fastmlr``, op type ``CarSpatialAttention`` ...), so
-TensorRT's ONNX parser maps each node to its plugin:
+One quickly deployable plugin (``tensorrt.plugin``) per op whose declaration
+has a TensorRT contract (``OpSpec.trt``, fastmlr/ops/opspec.py), named as its
+ONNX node (domain ``fastmlr``, the node's op type), so TensorRT's ONNX parser
+maps each node to its plugin. This module names no op; one generic function
+registers every plugin:
 
 - a registration whose shape function gives the output's shape as
-  expressions of the inputs' (``sa = [N, C, P]`` from u's N, P and wc's C)
-  and whose output dtype is the first input's (fp32 or fp16);
+  expressions of the inputs' (the op's declared ``output_shape``) and whose
+  output dtype is the first input's (fp32 or fp16);
 - an ahead-of-time implementation that returns the op's Triton kernel
-  (:mod:`fastmlr.kernels.trt_entry`, the kernel bodies the ``triton`` backend
-  launches) compiled for the build GPU's compute capability, its launch grid
-  and its integer arguments (sizes, strides) as expressions of the input
-  shapes. TensorRT embeds the kernel in the engine: ``trtexec``, the C++
+  (the declared entry of :mod:`fastmlr.kernels.trt_entry`, the kernel bodies
+  the ``triton`` backend launches) compiled for the build GPU's compute
+  capability, its launch grid and its integer arguments (sizes, strides) as
+  expressions of the input shapes, all as the op declares them. TensorRT
+  embeds the kernel in the engine: ``trtexec``, the C++
   runtime and Triton Inference Server run it without Python.
 
 Everything but :func:`register_plugins` is plain Python over shapes that are
@@ -32,12 +35,14 @@ import subprocess
 import tempfile
 from typing import NamedTuple
 
-from . import probe
-from .probe import TRTUnavailable
+from ..artifact import probe
+from ..artifact.probe import TRTUnavailable
+from ..ops import FUSED_DOMAIN as DOMAIN
+from ..ops import fused_specs
+from ..ops.opspec import COSINE_EPS, by_onnx_type
 
-DOMAIN = "fastmlr"
 ARCHS = (80, 86, 89, 90)  # the compute capabilities the kernels are compiled and checked for
-MPC_EPS = 1e-8  # multi_perspective_cosine's norm clamp (fastmlr.ops)
+MPC_EPS = COSINE_EPS  # the cosine's norm clamp, a compile-time constant of its entry (fastmlr/constants.py)
 # "ptx" (what tensorrt.plugin documents) or "cubin" (assembled here with Triton's ptxas: no driver JIT).
 KERNEL_FORMAT = os.environ.get("FASTMLR_TRT_KERNEL", "ptx")
 _DTYPES = ("fp32", "fp16")
@@ -57,98 +62,52 @@ class FusedOp(NamedTuple):
         return f"{DOMAIN}::{self.name}"
 
 
-OPS = {op.name: op for op in (
-    FusedOp("CarSpatialAttention", ("u", "wc", "s", "b"), (3, 2, 1, 0), 3, "car_sa_trt_kernel"),
-    FusedOp("CarPool", ("f", "sa", "ca"), (3, 3, 3), 3, "car_pool_trt_kernel"),
-    FusedOp("SecondOrderPool", ("x",), (3,), 3, "sop_trt_kernel"),
-    FusedOp("MultiPerspectiveCosine", ("v", "w"), (3, 2), 3, "mpc_trt_kernel"),
-)}
+def plugin_ops() -> dict:
+    """op type -> :class:`FusedOp`, for every declared op with a TensorRT plugin, in declaration order."""
+    return {s.onnx.op_type: FusedOp(s.onnx.op_type, s.onnx.inputs, s.trt.ranks,
+                                    len(s.output_shape([(0,) * r for r in s.trt.ranks])), s.trt.kernel)
+            for s in fused_specs() if s.trt is not None}
+
+
+OPS = plugin_ops()
 PLUGIN_IDS = tuple(op.plugin_id for op in OPS.values())
+
+
+def _plugin(op: str):
+    """The declaration behind plugin ``op`` (an ONNX op type); KeyError for an op without a plugin."""
+    spec = by_onnx_type(op)
+    if spec is None or spec.trt is None:
+        raise KeyError(op)
+    return spec
 
 
 # -- shapes, arguments and grids (ints or TensorRT shape expressions) -------------------------------------------
 def output_shape(op: str, shapes) -> tuple:
     """The output's shape from the inputs' shapes (each a tuple of ints or shape expressions)."""
-    if op == "CarSpatialAttention":
-        (n, p, _d), (c, _) = shapes[0], shapes[1]
-        return (n, c, p)
-    if op == "CarPool":
-        (n, d, _p), (_, c, _) = shapes[0], shapes[1]
-        return (n, c, d)
-    if op == "SecondOrderPool":
-        n, d, _p = shapes[0]
-        return (n, d, d)
-    if op == "MultiPerspectiveCosine":
-        n, c, _d = shapes[0]
-        return (n, c, c)
-    raise KeyError(op)
+    return tuple(_plugin(op).output_shape(shapes))
 
 
 def kernel_scalars(op: str, shapes) -> list:
     """The kernel's integer arguments in its order: sizes, then the strides of dense (row-major) tensors."""
-    if op == "CarSpatialAttention":
-        (_n, p, d), (c, _) = shapes[0], shapes[1]
-        return [c, p, d, p * d, d, d, c * p, p]  # C, P, D, u.stride(0..1), wc.stride(0), out.stride(0..1)
-    if op == "CarPool":
-        (_n, d, p), (_, c, _) = shapes[0], shapes[1]
-        return [c, d, p, d * p, p, c * p, p, c * d, d]  # C, D, P, f, sa, ca strides (0..1)
-    if op == "SecondOrderPool":
-        _n, d, p = shapes[0]
-        return [d, p, d * p, p, d * d, d]  # D, P, x.stride(0..1), out.stride(0..1)
-    if op == "MultiPerspectiveCosine":
-        (_n, c, d), (k, _) = shapes[0], shapes[1]
-        return [c, d, k, c * d, d, d, c * c, c]  # C, D, K, v.stride(0..1), w.stride(0), out.stride(0..1)
-    raise KeyError(op)
+    return list(_plugin(op).trt.scalars(shapes))
 
 
 def launch_grid(op: str, shapes, blocks: dict, cdiv) -> tuple:
     """(grid_x, grid_y, grid_z) the Python launcher uses; ``cdiv`` is ceil division for the shape type."""
-    n = shapes[0][0]
-    if op == "CarSpatialAttention":
-        (_, p, _), (c, _) = shapes[0], shapes[1]
-        return (cdiv(p, blocks["BLOCK_P"]), cdiv(c, blocks["BLOCK_C"]), n)
-    if op == "CarPool":
-        (_, d, _), (_, c, _) = shapes[0], shapes[1]
-        return (cdiv(d, blocks["BLOCK_K"]), cdiv(c, blocks["BLOCK_C"]), n)
-    if op == "SecondOrderPool":
-        d = shapes[0][1]
-        return (cdiv(d, blocks["BLOCK_J"]), cdiv(d, blocks["BLOCK_I"]), n)
-    if op == "MultiPerspectiveCosine":
-        c = shapes[0][1]
-        return (cdiv(c, blocks["BLOCK_J"]), cdiv(c, blocks["BLOCK_I"]), n)
-    raise KeyError(op)
-
-
-# The covariance and the cosine keep their launchers' 64 x 64 x 32 tiles out of the plugins: in one
-# launch the covariance also computes its row means, and both then spill registers at that size (ptxas -v,
-# sm_80 and sm_90, fp32). These tiles compile for sm_80/86/89/90 without spills.
-_PLUGIN_BLOCKS = {
-    "SecondOrderPool": (dict(BLOCK_I=32, BLOCK_J=32, BLOCK_R=32), 4),
-    "MultiPerspectiveCosine": (dict(BLOCK_I=64, BLOCK_J=64, BLOCK_R=16), 8),
-}
+    return tuple(_plugin(op).trt.grid(shapes, blocks, cdiv))
 
 
 def kernel_config(op: str, arch: int) -> tuple[dict, int]:
-    """(block sizes, num_warps) of ``op``'s plugin kernel for compute capability ``arch``.
+    """(block sizes, num_warps) of ``op``'s plugin kernel for compute capability ``arch``, as the op declares.
 
     One config serves sm_80/86/89/90 (each compiles for all four without
-    spills, in the 48 KB of shared memory a launch gets without opting in).
-    The CAR ops take their launchers' GPU configs; the spatial attention's
-    launcher autotunes, and its first config is the one taken (an engine
-    carries one kernel per op).
+    spills, in the 48 KB of shared memory a launch gets without opting in);
+    an engine carries one kernel per op.
     """
-    from ..kernels import car
-
     if arch < 80:
         raise ValueError(f"TensorRT plugins: compute capability {arch // 10}.{arch % 10} is below 8.0, "
                          "which fastmlr's kernels do not target")
-    if op == "CarSpatialAttention":
-        cfg = car._SA_CONFIGS[0]
-        return dict(cfg.kwargs), cfg.num_warps
-    if op == "CarPool":
-        blocks = dict(car._POOL_GPU)
-        return blocks, blocks.pop("num_warps")
-    blocks, warps = _PLUGIN_BLOCKS[op]
+    blocks, warps = _plugin(op).trt.config(arch)
     return dict(blocks), warps
 
 
@@ -255,15 +214,12 @@ def compile_kernel(op: str, dtypes: tuple, arch: int) -> CompiledKernel:
 
     from ..kernels import trt_entry
 
-    spec = OPS[op]
-    if len(dtypes) != len(spec.inputs) + 1 or any(d not in _DTYPES for d in dtypes):
+    spec = _plugin(op)
+    if len(dtypes) != len(spec.onnx.inputs) + 1 or any(d not in _DTYPES for d in dtypes):
         raise ValueError(f"fastmlr::{op}: tensors must be fp32 or fp16, got {dtypes}")
-    fn = getattr(trt_entry, spec.kernel)
+    fn = getattr(trt_entry, spec.trt.kernel)
     blocks, num_warps = kernel_config(op, arch)
-    consts = dict(blocks, ACC=tl.float32)
-    consts.update({"USE_LIBDEVICE": True} if op == "CarSpatialAttention" else {})
-    consts.update({"USE_DOT": True} if op in ("SecondOrderPool", "MultiPerspectiveCosine") else {})
-    consts.update({"EPS": MPC_EPS} if op == "MultiPerspectiveCosine" else {})
+    consts = dict(blocks, ACC=tl.float32, **spec.trt.constants)
     pointers = [a for a in fn.arg_names if a.endswith("_ptr")]
     ptr_types = dict(zip(pointers, (f"*{d}" for d in dtypes)))
     sig = {a: "constexpr" if a in consts else ptr_types.get(a, "i32") for a in fn.arg_names}
@@ -307,8 +263,8 @@ def _shapes(descs) -> list:
 
 def describe(trt, trtp, op: str, descs):
     """The registration's body: checks ranks and dtypes, returns the output's TensorDesc."""
-    spec = OPS[op]
-    for name, d, rank in zip(spec.inputs, descs, spec.ranks):
+    spec = _plugin(op)
+    for name, d, rank in zip(spec.onnx.inputs, descs, spec.trt.ranks):
         if len(d.shape_expr) != rank:
             raise ValueError(f"fastmlr::{op}: input {name} must have rank {rank}, got {len(d.shape_expr)}")
         _dtype_name(trt, d.dtype)
@@ -332,11 +288,16 @@ def _define(trt, trtp, op: str) -> None:
     """Register ``op``'s shape function and AOT implementation, with the signatures tensorrt.plugin checks.
 
     tensorrt.plugin reads the parameter names (the op's inputs, then
-    ``outputs, tactic``) and the TensorDesc annotations from the signature.
+    ``outputs, tactic``) and the annotations from the signatures
+    (``tensorrt/plugin/_validate.py``): the shape function's inputs and return
+    are ``TensorDesc``; the AOT implementation's return annotation is required
+    and must be ``tuple[str | bytes, str | bytes, KernelLaunchParams, SymExprs]``
+    (kernel name, kernel code, launch parameters, extra arguments).
     """
-    spec = OPS[op]
+    node = _plugin(op).onnx
+    plugin_id = f"{DOMAIN}::{node.op_type}"
     P = inspect.Parameter
-    tensors = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=trtp.TensorDesc) for n in spec.inputs]
+    tensors = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=trtp.TensorDesc) for n in node.inputs]
 
     def shape_fn(*descs):
         return describe(trt, trtp, op, descs)
@@ -347,11 +308,12 @@ def _define(trt, trtp, op: str) -> None:
 
     shape_fn.__signature__ = inspect.Signature(tensors, return_annotation=trtp.TensorDesc)
     aot_fn.__signature__ = inspect.Signature(
-        [P(n, P.POSITIONAL_OR_KEYWORD) for n in spec.inputs]
-        + [P("outputs", P.POSITIONAL_OR_KEYWORD), P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)])
+        tensors + [P("outputs", P.POSITIONAL_OR_KEYWORD, annotation=tuple[trtp.TensorDesc]),
+                   P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
+        return_annotation=tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs])
     shape_fn.__name__, aot_fn.__name__ = f"{op}_shape", f"{op}_aot"
-    trtp.register(spec.plugin_id)(shape_fn)
-    trtp.aot_impl(spec.plugin_id)(aot_fn)
+    trtp.register(plugin_id)(shape_fn)
+    trtp.aot_impl(plugin_id)(aot_fn)
 
 
 def register_plugins() -> list[str]:
@@ -378,10 +340,11 @@ def register_plugins() -> list[str]:
     except ImportError as e:
         raise TRTUnavailable(f"Triton is not installed ({e}); it compiles the plugin kernels") from e
     namespace = getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None
-    for op in OPS:
+    ops = plugin_ops()
+    for op in ops:
         if namespace is None or not hasattr(namespace, op):  # registered elsewhere in this process: keep it
             _define(trt, trtp, op)
-    _REGISTERED[:] = PLUGIN_IDS
+    _REGISTERED[:] = [o.plugin_id for o in ops.values()]
     return list(_REGISTERED)
 
 
@@ -419,11 +382,12 @@ def prepare_fused_onnx(data: bytes, path: str = "graph") -> tuple[bytes, list[st
 
     model = onnx.load_from_string(data)
     used = []
+    ops = plugin_ops()
     for node in fused_nodes(model):
-        spec = OPS.get(node.op_type)
+        spec = ops.get(node.op_type)
         if spec is None:
             raise ValueError(f"{path}: node {node.name!r} is {DOMAIN}::{node.op_type}, which has no TensorRT "
-                             f"plugin (plugins: {', '.join(OPS)})")
+                             f"plugin (plugins: {', '.join(ops)})")
         if len(node.input) != len(spec.inputs) or len(node.output) != 1:
             raise ValueError(f"{path}: node {node.name!r} ({DOMAIN}::{node.op_type}) has {len(node.input)} inputs "
                              f"and {len(node.output)} outputs; expected {len(spec.inputs)} ({', '.join(spec.inputs)}) "
@@ -438,5 +402,5 @@ def prepare_fused_onnx(data: bytes, path: str = "graph") -> tuple[bytes, list[st
 
 __all__ = ["ARCHS", "DOMAIN", "OPS", "PLUGIN_IDS", "CompiledKernel", "FusedOp", "aot_launch", "assemble_cubin",
            "compile_kernel", "describe", "entry_params", "graph_op_set", "kernel_config", "kernel_scalars",
-           "launch_grid", "output_shape", "plugins_available", "prepare_fused_onnx", "register_plugins",
+           "launch_grid", "output_shape", "plugin_ops", "plugins_available", "prepare_fused_onnx", "register_plugins",
            "strip_trailing_params", "target_arch"]

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .utils import INTERPRET, acc_dtype, check_contiguous, device_context, torch_acc_dtype
+from ..constants import COSINE_EPS
+from .utils import INTERPRET, acc_dtype, check_contiguous, device_context, loop_bound, torch_acc_dtype
 
 # Interpreter blocks: each program costs ~65 ms of Python overhead there, so
 # one config, 16 wide: the tests' odd shapes (up to ~40 per axis) span several
@@ -111,7 +112,7 @@ def _sop_row_means(x_base, offs_i, mask_i, P, stride_xd,
                    ACC: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr):
     """1/P sum_p x[i,p] for the rows ``offs_i`` of one image (``x_base``), in ``ACC``."""
     acc = tl.zeros([BLOCK_I], dtype=ACC)
-    for p0 in range(0, P, BLOCK_R):
+    for p0 in range(0, loop_bound(P), BLOCK_R):
         offs_p = p0 + tl.arange(0, BLOCK_R)
         x = tl.load(x_base + offs_i[:, None] * stride_xd + offs_p[None, :],
                     mask=mask_i[:, None] & (offs_p < P)[None, :], other=0.0).to(ACC)
@@ -153,7 +154,7 @@ def _sop_cov_tile(x_base, mi, mj, offs_i, offs_j, mask_i, mask_j, P, stride_xd,
                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_R: tl.constexpr):
     """The BLOCK_I x BLOCK_J covariance tile of one image (``x_base``) about the row means mi, mj."""
     acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=ACC)
-    for p0 in range(0, P, BLOCK_R):
+    for p0 in range(0, loop_bound(P), BLOCK_R):
         offs_p = p0 + tl.arange(0, BLOCK_R)
         mask_p = offs_p < P
         m_ip = mask_i[:, None] & mask_p[None, :]
@@ -188,7 +189,7 @@ def _sop_bwd_kernel(
     g_base = g_ptr + n * stride_gn
     x_base = x_ptr + n * stride_xn
     acc = tl.zeros([BLOCK_I, BLOCK_R], dtype=ACC)
-    for j0 in range(0, D, BLOCK_J):
+    for j0 in range(0, loop_bound(D), BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
         mask_j = offs_j < D
         m_ij = mask_i[:, None] & mask_j[None, :]
@@ -314,11 +315,11 @@ def _mpc_fwd_kernel(
     mask_j = offs_j < C
     v_base = v_ptr + n * stride_vn
     acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=ACC)
-    for k in range(0, K):
+    for k in range(0, loop_bound(K)):
         a = tl.zeros([BLOCK_I, BLOCK_J], dtype=ACC)
         qi = tl.zeros([BLOCK_I], dtype=ACC)
         qj = tl.zeros([BLOCK_J], dtype=ACC)
-        for d0 in range(0, D, BLOCK_R):
+        for d0 in range(0, loop_bound(D), BLOCK_R):
             offs_d = d0 + tl.arange(0, BLOCK_R)
             mask_d = offs_d < D
             w = tl.load(w_ptr + k * stride_wk + offs_d, mask=mask_d, other=0.0).to(ACC)
@@ -338,7 +339,7 @@ def _mpc_fwd_kernel(
              (acc / K).to(out_ptr.dtype.element_ty), mask=mask_i[:, None] & mask_j[None, :])
 
 
-def multi_perspective_cosine_forward(v: torch.Tensor, w: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def multi_perspective_cosine_forward(v: torch.Tensor, w: torch.Tensor, eps: float = COSINE_EPS) -> torch.Tensor:
     """Launch the cosine graph. v (N, C, D), w (K, D), K >= 1 -> S (N, C, C) in v's dtype."""
     if v.dim() != 3 or w.dim() != 2 or w.shape[1] != v.shape[2] or w.shape[0] < 1:
         raise ValueError(f"multi_perspective_cosine: expected v (N, C, D) and w (K, D) with K >= 1; "
@@ -360,7 +361,7 @@ def multi_perspective_cosine_forward(v: torch.Tensor, w: torch.Tensor, eps: floa
     return out
 
 
-def multi_perspective_cosine_backward(grad, v, w, eps=1e-8, need_v=True, need_w=True):
+def multi_perspective_cosine_backward(grad, v, w, eps=COSINE_EPS, need_v=True, need_w=True):
     """Gradients (dv, dw) of S, recomputed in PyTorch one chunk of perspectives at a time.
 
     Per image, with G = dL/dS, Gs = G + G^T, w2 = w[k]^2, r_k and a_k as in
@@ -430,6 +431,6 @@ class MultiPerspectiveCosine(torch.autograd.Function):
         return dv, dw, None
 
 
-def multi_perspective_cosine(v, w, eps: float = 1e-8):
+def multi_perspective_cosine(v, w, eps: float = COSINE_EPS):
     """S (N, C, C) = 1/K sum_k cos(w[k] * v[n,i], w[k] * v[n,j]), norms clamped at eps; differentiable."""
     return MultiPerspectiveCosine.apply(v, w, eps)

@@ -12,14 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastmlr.ops.constants import FLAT_EPS
-
+from ..constants import FLAT_EPS, MAX_OE_SIDE
 from .utils import INTERPRET, device_context
-
-# One program holds a whole H x W map and compares every pair of positions of
-# a marginal (L x L with L = next_pow2(side)); beyond this side that no longer
-# fits a program's registers. SRDL's maps are 14 x 14.
-MAX_OE_SIDE = 128
 
 # oe_erase: positions per program. The interpreter pays per program, a GPU
 # wants several programs per map only when maps are large.

@@ -2,7 +2,7 @@
 
 A TensorRT ahead-of-time plugin launches its kernel with the arguments
 ``(input pointers..., scalar extra arguments..., output pointers...)``; the
-launchers in :mod:`.car` and :mod:`.mlr_extra` put outputs before scalars. Each
+launchers in :mod:`.car_attention`, :mod:`.car_pooling` and :mod:`.mlr_extra` put outputs before scalars. Each
 entry below takes its arguments in TensorRT's order and calls the same kernel
 body the PyTorch launchers run (inlined by Triton), so an engine computes
 exactly what ``fastmlr.ops`` computes with the ``triton`` backend.
@@ -18,7 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .car import _car_pool_fwd_kernel, _car_sa_fwd_kernel
+from .car_attention import _car_sa_fwd_kernel
+from .car_pooling import _car_pool_fwd_kernel
 from .mlr_extra import _mpc_fwd_kernel, _sop_cov_tile, _sop_row_means
 
 

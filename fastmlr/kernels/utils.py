@@ -19,6 +19,23 @@ from triton.language.extra import libdevice
 
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)
 
+if INTERPRET:
+    def loop_bound(n):
+        """A kernel loop's runtime bound as a Python int: ``for k0 in range(0, loop_bound(D), BLOCK)``.
+
+        The interpreter hands a kernel's integer arguments over as one-element arrays and runs its loops
+        with Python's ``range``, which converts them with ``__index__``; Triton 3.6's interpreter does that
+        with ``int(array)``, which numpy >= 2.4 refuses for arrays of one dimension ("only 0-dimensional
+        arrays can be converted to Python scalars"). Reading the single value as a 0-d array works with
+        every numpy. Compiled kernels use the identity below.
+        """
+        return int(n.handle.data.reshape(())) if isinstance(n, tl.tensor) else n
+else:
+    @triton.jit
+    def loop_bound(n):
+        return n
+
+
 # The interpreter has no libdevice (tanh included); a real GPU uses it.
 USE_LIBDEVICE: bool = not INTERPRET
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from . import OPS, backend_status
+from . import backend_status, specs
 from ._dispatch import _BACKENDS
 
 for dev in ("cpu", "cuda"):
@@ -11,9 +11,9 @@ for dev in ("cpu", "cuda"):
         print(f"{dev}: nothing runs ({'; '.join(sorted({r.reason for r in device_rows}))})")
         continue
     print(f"{dev}:")
-    for op in OPS:
-        rows = backend_status(dev, op, torch.float32)
+    for op in specs():
+        rows = backend_status(dev, op.name, torch.float32)
         # Backends that run only when named (export-time forms) are marked so.
         runs = [r.name + ("" if _BACKENDS[r.name].auto else " (when named)") for r in rows if r.runs]
         refused = [f"{r.name} ({r.reason})" for r in rows if not r.runs]
-        print(f"  {op}: {', '.join(runs) or 'none'}" + (f"; refused: {'; '.join(refused)}" if refused else ""))
+        print(f"  {op.name}: {', '.join(runs) or 'none'}" + (f"; refused: {'; '.join(refused)}" if refused else ""))

@@ -1,5 +1,6 @@
 """How each of fastmlr's ops behaves under ``torch.autocast``: one rule per op, the same on every backend.
 
+Each op declares its rule (``OpSpec.autocast``, fastmlr/ops/opspec.py); this module applies it.
 Autocast casts the inputs of the PyTorch ops it knows (``F.linear`` runs in the
 autocast dtype, ``cosine_similarity`` in float32, elementwise ops follow type
 promotion) but passes a custom op's inputs through as they come: a model under
@@ -7,14 +8,13 @@ autocast hands an op activations in float16/bfloat16 and its own float32
 parameters. Each op therefore takes the category autocast gives the PyTorch
 computation it fuses:
 
-- ``"lower"`` (car_spatial_attention, a fused ``F.linear(tanh(u * wc), s, b)``):
-  every float32/float16/bfloat16 input is cast to the autocast dtype, as autocast
+- ``"lower"`` (a fused linear layer, such as SRDL's spatial attention): every
+  float32/float16/bfloat16 input is cast to the autocast dtype, as autocast
   casts a linear layer's weight and bias;
-- ``"fp32"`` (multi_perspective_cosine, a cosine similarity, whose 1e-8 norm clamp
-  float16 cannot hold): those inputs are cast to float32;
-- ``"promote"`` (car_pool: products and a maximum; oe_boxes, oe_erase: comparisons
-  and copies; second_order_pool: a covariance, like ``torch.cov``): every floating
-  input is cast to the widest floating dtype among them.
+- ``"fp32"`` (a cosine similarity, whose norm clamp float16 cannot hold): those
+  inputs are cast to float32;
+- ``"promote"`` (products and maxima, comparisons and copies, a covariance like
+  ``torch.cov``): every floating input is cast to the widest floating dtype among them.
 
 float64 inputs are never cast down (autocast leaves float64 alone too). The op then
 runs with autocast disabled, so a backend's own decomposition (the reference's
@@ -28,17 +28,33 @@ callers of those ops.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 import torch
 
-RULES = {
-    "car_spatial_attention": "lower",
-    "car_pool": "promote",
-    "oe_boxes": "promote",
-    "oe_erase": "promote",
-    "second_order_pool": "promote",
-    "multi_perspective_cosine": "fp32",
-}
+from . import opspec as _spec
+
+
+class _Rules(Mapping):
+    """op name -> its autocast rule, read from the ops' declarations (fastmlr/ops/opspec.py) when asked."""
+
+    def __getitem__(self, op: str) -> str:
+        try:
+            return _spec.spec(op).autocast
+        except ValueError:
+            raise KeyError(op) from None
+
+    def __iter__(self):
+        return iter([s.name for s in _spec.specs()])
+
+    def __len__(self) -> int:
+        return len(_spec.specs())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+RULES = _Rules()
 
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -89,7 +105,7 @@ def cast_inputs(op: str, tensors: tuple, device_type: str) -> tuple[tuple, conte
     return tuple(cast(t) for t in tensors), torch.autocast(device_type, enabled=False)
 
 
-def register_for_library(lib: torch.library.Library, ops: list[str], device_types=("cpu", "cuda")) -> None:
+def register_for_library(lib: torch.library.Library, ops, device_types=("cpu", "cuda")) -> None:
     """Register the rule as the Autocast kernel of ``lib``'s ops ``namespace::op`` (for direct callers)."""
     ns = lib.ns
     for device_type in device_types:

@@ -2,7 +2,7 @@
 
 ``load(path)`` picks the runner from the file's extension (``.onnx``,
 ``.plan``/``.engine``, ``.pt2``) and reads the artefact's sidecar
-(``path.json``, the contract of :mod:`fastmlr.deploy.contract`); the sidecar
+(``path.json``, the contract of :mod:`fastmlr.artifact.contract`); the sidecar
 gives the class names, the input size, the normalisation and the threshold,
 so a runner takes images as they come::
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..deploy.contract import EXTENSIONS, SIDECAR_FORMAT, SidecarMismatch, check_sidecar, read_sidecar
+from ..artifact.contract import EXTENSIONS, SIDECAR_FORMAT, SidecarMismatch, check_sidecar, read_sidecar
 from .base import Runner
 
 

@@ -6,9 +6,9 @@ registered by fastmlr's compiled extension, which is loaded here before the pack
 
 from __future__ import annotations
 
-import torch
-
 import zipfile
+
+import torch
 
 from .base import Runner
 

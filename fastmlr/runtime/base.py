@@ -7,7 +7,7 @@ import os
 import torch
 from torch import Tensor
 
-from ..deploy.contract import class_thresholds
+from ..artifact.contract import class_thresholds
 
 
 def _is_pil(obj) -> bool:

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import torch
 
-from ..deploy.contract import INPUT_NAME, OUTPUT_NAMES
-from ..deploy.probe import gpu_available
+from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES
+from ..artifact.probe import gpu_available
 from .base import Runner
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

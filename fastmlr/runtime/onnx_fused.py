@@ -1,20 +1,20 @@
 """Running graphs of the ``fused`` ONNX op set in ONNX Runtime from Python, without rebuilding ONNX Runtime.
 
-The fastmlr-domain nodes (fastmlr/deploy/onnx_ops.py) become
-onnxruntime-extensions Python custom ops ("PyOps"): ONNX Runtime calls back
-into Python with numpy arrays, which go through ``torch.from_numpy`` to
-fastmlr's own kernels (``cpp`` for the CAR ops; the ordinary dispatch for
-``SecondOrderPool`` and ``MultiPerspectiveCosine``, which have no C++ kernel)
-and back. PyOps live in onnxruntime-extensions' own domain, so the graph's
-nodes are moved into it in memory before the session is created; the file is
-not changed. float32 only (a PyOp declares one input type).
+The fastmlr-domain nodes (the ops' declared ``OpSpec.onnx`` nodes) become
+onnxruntime-extensions Python custom ops ("PyOps"), one per declared fused op:
+ONNX Runtime calls back into Python with numpy arrays, which go through
+``torch.from_numpy`` to the op's public function (the ordinary dispatch: the C++
+kernels where they run, else the reference) and back. This module names no op.
+PyOps live in onnxruntime-extensions' own domain, so the graph's nodes are moved
+into it in memory before the session is created; the file is not changed. float32 only (a PyOp declares one input type).
 
 Without onnxruntime-extensions a fused graph is refused, saying what to do.
 """
 
 from __future__ import annotations
 
-FUSED_DOMAIN = "fastmlr"  # the contract's domain (fastmlr.deploy.onnx_ops.FUSED_DOMAIN; not imported: runners never import builders)
+from ..constants import FUSED_DOMAIN  # not fastmlr.ops: a standard graph's runner loads no op
+
 _registered = False
 
 
@@ -37,7 +37,7 @@ def _register_pyops() -> None:
     import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-    from .. import ops
+    from ..ops import fused_specs
 
     f32 = PyCustomOpDef.dt_float
 
@@ -47,26 +47,16 @@ def _register_pyops() -> None:
     def out(x):
         return x.contiguous().numpy()
 
-    @onnx_op(op_type="CarSpatialAttention", inputs=[f32] * 4, outputs=[f32])
-    def _car_spatial_attention(u, wc, s, b):
-        with torch.inference_mode():
-            return out(ops.car_spatial_attention(t(u), t(wc), t(s), t(b).reshape(()), backend="cpp"))
+    def pyop(spec):
+        def run(*arrays):
+            with torch.inference_mode():
+                return out(spec.function(*(t(a) for a in arrays)))
 
-    @onnx_op(op_type="CarPool", inputs=[f32] * 3, outputs=[f32])
-    def _car_pool(f, sa, ca):
-        with torch.inference_mode():
-            return out(ops.car_pool(t(f), t(sa), t(ca), backend="cpp"))
+        run.__name__ = spec.name
+        onnx_op(op_type=spec.onnx.op_type, inputs=[f32] * len(spec.onnx.inputs), outputs=[f32])(run)
 
-    @onnx_op(op_type="SecondOrderPool", inputs=[f32], outputs=[f32])
-    def _second_order_pool(x):
-        with torch.inference_mode():
-            return out(ops.second_order_pool(t(x)))
-
-    @onnx_op(op_type="MultiPerspectiveCosine", inputs=[f32] * 2, outputs=[f32])
-    def _multi_perspective_cosine(v, w):
-        with torch.inference_mode():
-            return out(ops.multi_perspective_cosine(t(v), t(w)))
-
+    for spec in fused_specs():
+        pyop(spec)
     _registered = True
 
 

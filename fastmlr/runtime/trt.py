@@ -19,8 +19,8 @@ import contextlib
 import numpy as np
 import torch
 
-from ..deploy.contract import INPUT_NAME, OUTPUT_NAMES
-from ..deploy.probe import TRTUnavailable, import_tensorrt
+from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES
+from ..artifact.probe import TRTUnavailable, import_tensorrt
 from .base import Runner
 
 IO_PATHS = ("torch", "cuda-python", "pycuda")
