@@ -346,9 +346,11 @@ def _define(trt, trtp, op: str) -> None:
         return aot_launch(trt, trtp, op, descs, outputs)
 
     shape_fn.__signature__ = inspect.Signature(tensors, return_annotation=trtp.TensorDesc)
+    # tensorrt.plugin's _validate_aot_impl requires the return annotation: (kernel name, code, launch, extra args).
     aot_fn.__signature__ = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD) for n in spec.inputs]
-        + [P("outputs", P.POSITIONAL_OR_KEYWORD), P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)])
+        + [P("outputs", P.POSITIONAL_OR_KEYWORD), P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
+        return_annotation=tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs])
     shape_fn.__name__, aot_fn.__name__ = f"{op}_shape", f"{op}_aot"
     trtp.register(spec.plugin_id)(shape_fn)
     trtp.aot_impl(spec.plugin_id)(aot_fn)
