@@ -328,11 +328,13 @@ def aot_launch(trt, trtp, op: str, descs, outputs, arch: int | None = None):
     return k.name.encode(), k.code(), launch, extra
 
 
-def _define(trt, trtp, op: str) -> None:
+def _define(trt, trtp, op: str, aot_only: bool = False) -> None:
     """Register ``op``'s shape function and AOT implementation, with the signatures tensorrt.plugin checks.
 
     tensorrt.plugin reads the parameter names (the op's inputs, then
     ``outputs, tactic``) and the TensorDesc annotations from the signature.
+    ``aot_only``: the shape function is registered already (tensorrt.plugin
+    cannot unregister it), only the AOT implementation is added.
     """
     spec = OPS[op]
     P = inspect.Parameter
@@ -352,7 +354,8 @@ def _define(trt, trtp, op: str) -> None:
         + [P("outputs", P.POSITIONAL_OR_KEYWORD), P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
         return_annotation=tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs])
     shape_fn.__name__, aot_fn.__name__ = f"{op}_shape", f"{op}_aot"
-    trtp.register(spec.plugin_id)(shape_fn)
+    if not aot_only:
+        trtp.register(spec.plugin_id)(shape_fn)
     trtp.aot_impl(spec.plugin_id)(aot_fn)
 
 
@@ -379,10 +382,17 @@ def register_plugins() -> list[str]:
         importlib.import_module("triton")
     except ImportError as e:
         raise TRTUnavailable(f"Triton is not installed ({e}); it compiles the plugin kernels") from e
-    namespace = getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None
     for op in OPS:
-        if namespace is None or not hasattr(namespace, op):  # registered elsewhere in this process: keep it
-            _define(trt, trtp, op)
+        namespace = getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None
+        defined = getattr(namespace, op, None)
+        try:
+            if defined is None:
+                _define(trt, trtp, op)
+            elif getattr(defined, "aot_impl_func", True) is None:
+                # Registered by an attempt whose AOT implementation was refused: complete it rather than skip it.
+                _define(trt, trtp, op, aot_only=True)
+        except (ValueError, TypeError) as e:  # tensorrt.plugin's validation of our signatures
+            raise TRTUnavailable(f"tensorrt.plugin refused {DOMAIN}::{op}: {e}") from e
     _REGISTERED[:] = PLUGIN_IDS
     return list(_REGISTERED)
 
