@@ -123,7 +123,7 @@ def test_tensorrt_without_tensorrt_plugin_is_unavailable_not_a_crash(monkeypatch
     monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
     monkeypatch.setattr(tp, "_REGISTERED", [])
     ok, why = tp.plugins_available()
-    assert not ok and "no tensorrt.plugin" in why and "10.8 or newer" in why
+    assert not ok and "no tensorrt.plugin" in why and "10.9 or newer" in why
 
 
 # -- shape functions --------------------------------------------------------------------------------------------

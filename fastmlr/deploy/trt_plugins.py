@@ -374,10 +374,10 @@ def register_plugins() -> list[str]:
         trtp = importlib.import_module("tensorrt.plugin")
     except ImportError as e:
         raise TRTUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} has no tensorrt.plugin ({e}); "
-                             "fused plugins need TensorRT 10.8 or newer") from e
+                             "fused plugins need TensorRT 10.9 or newer (aot_impl)") from e
     if not hasattr(trtp, "aot_impl"):
         raise TRTUnavailable(f"TensorRT {getattr(trt, '__version__', '?')}'s tensorrt.plugin has no aot_impl; "
-                             "fused plugins need TensorRT 10.8 or newer")
+                             "fused plugins need TensorRT 10.9 or newer (aot_impl)")
     try:
         importlib.import_module("triton")
     except ImportError as e:
