@@ -268,7 +268,11 @@ def fake_tensorrt_plugin(trt):
     """A ``tensorrt.plugin`` for ``trt`` whose decorators check signatures as TensorRT's do and record them.
 
     ``plugin.REGISTRY[plugin_id]`` holds the registered shape function, its
-    input names and the AOT implementation.
+    input names, the AOT implementation and the plugin's definition (what
+    ``plugin.op.NS.NAME`` is). The decorators enforce what the real package's
+    validators do (tests/test_trt_plugin_validator.py runs the real one):
+    TensorDesc annotations, the input schema, and the AOT implementation's
+    4-tuple return annotation.
     """
     import inspect
     import types
@@ -327,6 +331,9 @@ def fake_tensorrt_plugin(trt):
     def from_shape_expr(shape, dtype):
         return TensorDesc(list(shape), dtype)
 
+    class PluginDef(types.SimpleNamespace):
+        """What tensorrt.plugin keeps per plugin (trtp.op.NS.NAME): the register function, later the AOT one."""
+
     def register(plugin_id):
         def deco(fn):
             ns, name = plugin_id.split("::")
@@ -341,20 +348,39 @@ def fake_tensorrt_plugin(trt):
                 raise ValueError(f"Return annotation must be TensorDesc or Tuple[TensorDesc], got {ret!r}")
             if not hasattr(trtp.op, ns):
                 setattr(trtp.op, ns, types.SimpleNamespace())
-            setattr(getattr(trtp.op, ns), name, fn)
-            trtp.REGISTRY[plugin_id] = {"register": fn, "inputs": list(sig.parameters), "aot_impl": None}
+            pdef = PluginDef(register_func=fn, aot_impl_func=None, input_tensor_names=list(sig.parameters))
+            setattr(getattr(trtp.op, ns), name, pdef)
+            trtp.REGISTRY[plugin_id] = {"register": fn, "inputs": list(sig.parameters), "aot_impl": None, "def": pdef}
             return fn
         return deco
 
     def aot_impl(plugin_id):
+        """The checks of tensorrt.plugin's _validate_aot_impl (11.4): the schema, then a 4-tuple return annotation."""
         def deco(fn):
             if plugin_id not in trtp.REGISTRY:
                 raise ValueError(f"Plugin {plugin_id} is not registered.")
             expected = trtp.REGISTRY[plugin_id]["inputs"] + ["outputs", "tactic"]
-            got = list(inspect.signature(fn).parameters)
-            if got != expected:
-                raise ValueError(f"aot_impl signature {got} does not match the expected schema {expected}")
+            sig = inspect.signature(fn)
+            if list(sig.parameters) != expected:
+                raise ValueError(f"aot_impl signature {list(sig.parameters)} does not match the expected schema {expected}")
+            ret = sig.return_annotation
+            if ret is inspect.Parameter.empty:
+                raise ValueError(f"No return annotation found for aot_impl function. Received signature {sig}.")
+            args = typing.get_args(ret)
+            if typing.get_origin(ret) is not tuple or len(args) != 4:
+                raise ValueError(f"Return annotation is {ret}. Expected tuple[str | bytes, str | bytes, "
+                                 "KernelLaunchParams, SymIntExprs].")
+            for i in (0, 1):
+                if any(a not in (str, bytes) for a in (typing.get_args(args[i]) or (args[i],))):
+                    raise ValueError(f"Return annotation for argument at {i} is '{args[i]}'. Expected 'str' or 'bytes'.")
+            if not issubclass(args[2], KernelLaunchParams):
+                raise ValueError(f"Argument at index 2 of return annotation is '{args[2]}'. Expected "
+                                 "'tensorrt.plugin.KernelLaunchParams'.")
+            if not issubclass(args[3], SymIntExprs):
+                raise ValueError(f"Argument at index 3 of return annotation is '{args[3]}'. Expected a descendent "
+                                 "of tensorrt.plugin.SymExprs.")
             trtp.REGISTRY[plugin_id]["aot_impl"] = fn
+            trtp.REGISTRY[plugin_id]["def"].aot_impl_func = fn
             return fn
         return deco
 

@@ -101,7 +101,8 @@ def test_every_fused_op_is_registered_under_its_onnx_name(fake_plugins, monkeypa
     for op, inputs in CONTRACT.items():
         entry = trtp.REGISTRY[f"fastmlr::{op}"]
         assert entry["inputs"] == inputs and entry["aot_impl"] is not None
-        assert getattr(trtp.op.fastmlr, op) is entry["register"]
+        assert getattr(trtp.op.fastmlr, op) is entry["def"] and entry["def"].register_func is entry["register"]
+        assert entry["def"].aot_impl_func is entry["aot_impl"]
     # Idempotent: again in this process, and again after a reload of the module's own state.
     assert tp.register_plugins() == list(tp.PLUGIN_IDS)
     monkeypatch.setattr(tp, "_REGISTERED", [])
