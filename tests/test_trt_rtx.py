@@ -18,7 +18,7 @@ import torch
 from fastmlr.deploy import probe
 from fastmlr.deploy.contract import make_sidecar
 from fastmlr.deploy.onnx import export_onnx, export_onnx_fp16
-from fastmlr.deploy.trt import RTX_DEFAULT_TARGETS, build_trt_engine
+from fastmlr.deploy.trt import RTX_DEFAULT_TARGETS, RTX_NO_PLUGINS, build_trt_engine
 from fastmlr.models import create_model, list_models
 from fastmlr.runtime import trt as rt
 
@@ -87,7 +87,8 @@ def test_a_fused_graph_falls_back_to_the_standard_one_in_one_line(graphs, tmp_pa
     fused = str(tmp_path / "srdl.fused.onnx")  # export --onnx-ops fused writes it in fp32 (--fp16 is standard only)
     export_onnx(model, fused, SIZE, fp16=False, min_batch=1, opt_batch=1, max_batch=2, onnx_ops="fused",
                 sidecar=make_sidecar(model, SIZE, threshold=0.5))
-    with pytest.raises(probe.TRTUnavailable, match="has fastmlr's fused nodes.*TensorRT-RTX has no tensorrt.plugin"):
+    with pytest.raises(probe.TRTUnavailable, match="has fastmlr's fused nodes.*TensorRT-RTX has no tensorrt.plugin or "
+                                                   "ahead-of-time plugin interface"):
         build_trt_engine(fused, str(tmp_path / "no.plan"), min_batch=1, opt_batch=1, max_batch=2, flavour="rtx")
     assert not os.path.exists(tmp_path / "no.plan")
     engine = str(tmp_path / "s.plan")
@@ -95,9 +96,8 @@ def test_a_fused_graph_falls_back_to_the_standard_one_in_one_line(graphs, tmp_pa
                      fallback_onnx=graphs["srdl"]["fp32"])
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "fused plugins unavailable" in line] == [
-        f"TensorRT-RTX: fused plugins unavailable (TensorRT-RTX has no tensorrt.plugin (quickly deployable plugins "
-        f"with ahead-of-time kernels), which fastmlr's fused ops are registered through); building from the "
-        f"standard graph {graphs['srdl']['fp32']}"]
+        f"TensorRT-RTX: fused plugins unavailable ({RTX_NO_PLUGINS}); building from the standard graph "
+        f"{graphs['srdl']['fp32']}"]
     assert json.load(open(engine + ".json"))["onnx_ops"] == "standard"
 
 

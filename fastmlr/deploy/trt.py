@@ -48,9 +48,11 @@ def _aot_flag(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-# Why a fused graph is built from the standard graph on TensorRT-RTX (export/README.md gives the evidence).
-RTX_NO_PLUGINS = ("TensorRT-RTX has no tensorrt.plugin (quickly deployable plugins with ahead-of-time kernels), "
-                  "which fastmlr's fused ops are registered through")
+# Why a fused graph is built from the standard graph on TensorRT-RTX (evidence: tools/rtx_plugin_probe.py,
+# export/README.md): no tensorrt.plugin nor IPluginV3QuickAOTBuild to embed our kernels in the engine, no
+# INetworkDefinition.add_plugin*, and a Python IPluginV3 aborts the process inside its ONNX parser.
+RTX_NO_PLUGINS = ("TensorRT-RTX has no tensorrt.plugin or ahead-of-time plugin interface to embed fastmlr's kernels, "
+                  "and its ONNX parser aborts on a Python IPluginV3 (tools/rtx_plugin_probe.py)")
 
 # TensorRT-RTX's compute capabilities (its ComputeCapability enum: SM75 ... SM121) and its own default list.
 RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
