@@ -331,10 +331,8 @@ def aot_launch(trt, trtp, op: str, descs, outputs, arch: int | None = None):
 def _define(trt, trtp, op: str, aot_only: bool = False) -> None:
     """Register ``op``'s shape function and AOT implementation, with the signatures tensorrt.plugin checks.
 
-    tensorrt.plugin reads the parameter names (the op's inputs, then
-    ``outputs, tactic``) and the TensorDesc annotations from the signature.
-    ``aot_only``: the shape function is registered already (tensorrt.plugin
-    cannot unregister it), only the AOT implementation is added.
+    tensorrt.plugin reads the parameter names (the op's inputs, then ``outputs, tactic``), the annotations
+    and the AOT return type from the signatures. ``aot_only``: add the AOT implementation alone.
     """
     spec = OPS[op]
     P = inspect.Parameter
@@ -348,7 +346,6 @@ def _define(trt, trtp, op: str, aot_only: bool = False) -> None:
         return aot_launch(trt, trtp, op, descs, outputs)
 
     shape_fn.__signature__ = inspect.Signature(tensors, return_annotation=trtp.TensorDesc)
-    # tensorrt.plugin's _validate_aot_impl requires the return annotation: (kernel name, code, launch, extra args).
     aot_fn.__signature__ = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD) for n in spec.inputs]
         + [P("outputs", P.POSITIONAL_OR_KEYWORD), P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
@@ -383,8 +380,7 @@ def register_plugins() -> list[str]:
     except ImportError as e:
         raise TRTUnavailable(f"Triton is not installed ({e}); it compiles the plugin kernels") from e
     for op in OPS:
-        namespace = getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None
-        defined = getattr(namespace, op, None)
+        defined = getattr(getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None, op, None)
         try:
             if defined is None:
                 _define(trt, trtp, op)
