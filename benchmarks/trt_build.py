@@ -6,7 +6,7 @@
 For baseline and SRDL, each graph ``python -m fastmlr.export --onnx`` writes (fp32 and fp16 in the
 standard op set, fp32 in the fused one; ``--fp16`` is standard only; fp16 here is all fp16 but the
 final sigmoid, where export's mixed-precision search ends for these random models: ``--fp16-search``
-runs the search itself, hours of fp16 forwards on a loaded CPU) is exported once into ``--out`` (kept for reruns) and built
+runs the search itself: its fp16 forwards on the CPU are slow) is exported once into ``--out`` (kept for reruns) and built
 with TensorRT-RTX (``fastmlr.deploy.trt.build_trt_engine(flavour="rtx")``, batch profile
 1/1/8, no GPU needed). Prints a markdown table: the build time (parse + build, as the sidecar
 records it), the engine size, or why a graph does not build. A fused graph is built without a
