@@ -9,7 +9,7 @@ final sigmoid, where export's mixed-precision search ends for these random model
 runs the search itself: its fp16 forwards on the CPU are slow) is exported once into ``--out`` (kept for reruns) and built
 with TensorRT-RTX (``fastmlr.deploy.trt.build_trt_engine(flavour="rtx")``, batch profile
 1/1/8, no GPU needed). Prints a markdown table: the build time (parse + build, as the sidecar
-records it), the engine size, or why a graph does not build. A fused graph is built without a
+records it; the median of ``--repeat`` builds), the engine size, or why a graph does not build. A fused graph is built without a
 standard fallback, so the table says what TensorRT-RTX does with fastmlr's nodes.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import warnings
 
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--targets", default=None, help="compute capabilities (default: TensorRT-RTX's default four)")
     p.add_argument("--ops", default="standard,fused")
+    p.add_argument("--repeat", type=int, default=3, help="builds per graph (median, min and max reported)")
     p.add_argument("--fp16-search", action="store_true",
                    help="fp16 graphs through export --fp16's mixed-precision search (default: all fp16, which is "
                         "where the search ends for random models, without its fp16 CPU forwards)")
@@ -73,14 +75,18 @@ def main(argv=None) -> int:
                                  args.fp16_search)
                 tag = "-".join(t.replace(".", "") for t in targets)
                 engine = f"{stem}-sm{tag}.plan"
+                seconds = []
                 try:
-                    build_trt_engine(stem + ".onnx", engine, min_batch=1, opt_batch=1, max_batch=8, flavour="rtx",
-                                     targets=targets)
+                    for _ in range(args.repeat):
+                        build_trt_engine(stem + ".onnx", engine, min_batch=1, opt_batch=1, max_batch=8,
+                                         flavour="rtx", targets=targets)
+                        seconds.append(read_sidecar(engine)["tensorrt"]["build_seconds"])
                 except (probe.TRTUnavailable, RuntimeError) as e:
                     rows.append((name, "fp16" if fp16 else "fp32", ops, "does not build", str(e).splitlines()[0]))
                     continue
                 trt = read_sidecar(engine)["tensorrt"]
-                rows.append((name, "fp16" if fp16 else "fp32", ops, f"{trt['build_seconds']:.1f} s",
+                spread = f" (min {min(seconds):.1f}, max {max(seconds):.1f})" if len(seconds) > 1 else ""
+                rows.append((name, "fp16" if fp16 else "fp32", ops, f"{statistics.median(seconds):.1f} s{spread}",
                              f"{trt['engine_bytes'] / 1e6:.1f} MB"))
     print(f"\nTensorRT-RTX {probe.tensorrt_version('rtx')}, targets {', '.join(targets)}, {args.backbone} "
           f"{args.image_size} px, {args.num_classes} classes, batch 1/1/8")
