@@ -161,3 +161,25 @@ def test_tensorrt_rtx_itself_refuses_to_deserialize_without_a_gpu(tmp_path, grap
     line = run.stdout.strip()
     assert line.startswith(f"TensorRT-RTX {trt.__version__} could not deserialize {engine}: ") and "cudaError 35" in line
     assert "\n" not in line
+
+
+@pytest.mark.gpu
+def test_rtx_engine_matches_pytorch_and_keeps_its_runtime_cache_on_an_rtx_gpu(graphs, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU; none is present on this machine")
+    from fastmlr import runtime
+    from fastmlr.deploy.trt import RTX_TARGETS
+
+    cc = "{}.{}".format(*torch.cuda.get_device_capability())
+    if cc not in RTX_TARGETS:
+        pytest.skip(f"TensorRT-RTX does not run on compute capability {cc} (its targets: {', '.join(RTX_TARGETS)})")
+    engine = str(tmp_path / "m.plan")
+    build_trt_engine(graphs["srdl"]["fp16"], engine, min_batch=1, opt_batch=2, max_batch=4, flavour="rtx",
+                     targets=(cc,))
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        want = torch.sigmoid(graphs["srdl"]["model"](x)).float()
+    r = runtime.load(engine)
+    assert r.provider.startswith("tensorrt-rtx:")
+    assert (r.predict(x).cpu() - want).abs().max() <= 1e-2  # the fp16 graph's budget (export's check)
+    assert os.path.getsize(rt.runtime_cache_path(engine)) > 0  # the JIT compile, kept for the next process
