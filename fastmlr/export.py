@@ -34,7 +34,7 @@ from .deploy.graph import check_batch_range
 from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
 from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
 from .deploy.triton_repo import repo_files, write_triton_repo
-from .deploy.trt import build_trt_engine, trtexec_command
+from .deploy.trt import RTX_DEFAULT_TARGETS, RTX_TARGETS, build_trt_engine, parse_targets, trtexec_command
 from .deploy.trt_plugins import plugins_available
 from .deploy.verify import FP16_MAP_POINTS, real_images
 from .files import check_targets, remove_stale_temps
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("artefacts (any combination)")
     out.add_argument("--onnx", default=None, metavar="PATH", help="fp32 ONNX graph")
     out.add_argument("--fp16", action="store_true", help="also an fp16 graph (float32 I/O) at <onnx stem>.fp16.onnx")
-    out.add_argument("--trt", default=None, metavar="PATH", help="TensorRT engine (.plan) from the fp16 graph; needs a GPU")
+    out.add_argument("--trt", default=None, metavar="PATH",
+                     help="TensorRT engine (.plan) from the fp16 graph (--trt-flavour says which TensorRT builds it)")
     out.add_argument("--aoti", default=None, metavar="PATH", help="AOTInductor package (.pt2), CPU")
     out.add_argument("--triton-repo", default=None, metavar="DIR", help="Triton model repository")
     out.add_argument("--triton-name", default=None, help="model name in the repository (default fastmlr_<model>)")
@@ -72,8 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--threshold", type=float, default=0.5, help="decision threshold written to the sidecar")
     o.add_argument("--single-threshold", action="store_true",
                    help="leave the checkpoint's per-class thresholds out of the sidecars (--threshold for every class)")
+    o.add_argument("--trt-flavour", choices=("auto", *probe.FLAVOURS), default="auto",
+                   help="which TensorRT builds --trt: enterprise (needs a GPU; builds for it), rtx (TensorRT-RTX: "
+                        "no GPU needed; runs on RTX GPUs of --trt-targets), auto (enterprise where installed and a "
+                        "GPU is present, else rtx)")
+    o.add_argument("--trt-targets", default=None, metavar="CC,...",
+                   help=f"TensorRT-RTX's target compute capabilities, e.g. 8.6,8.9 (default "
+                        f"{','.join(RTX_DEFAULT_TARGETS)}; any of {','.join(RTX_TARGETS)})")
     o.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
-    o.add_argument("--timing-cache", default=None, help="TensorRT timing cache (default: beside the engine)")
+    o.add_argument("--timing-cache", default=None,
+                   help="enterprise TensorRT's timing cache (default: beside the engine; TensorRT-RTX has none)")
     o.add_argument("--verify-images", nargs="*", default=None, metavar="IMAGE",
                    help="real images for the checks (default: 8 validation mosaics)")
     o.add_argument("--validate-mosaics", type=int, default=0, metavar="N",
@@ -151,6 +160,33 @@ def _stem(path: str) -> str:
     return path
 
 
+def _standard16(stem: str) -> str:
+    """The standard fp16 graph a fused export builds its engine from where the plugins cannot be registered."""
+    return stem + ".standard.fp16.onnx"
+
+
+def _timing_cache(args) -> str:
+    return args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
+
+
+def resolve_trt(args) -> TRTUnavailable | None:
+    """Check --trt-targets and settle --trt-flavour before any work (``args.trt_flavour_chosen``, None if none is usable)."""
+    args.trt_targets_parsed = parse_targets(args.trt_targets)
+    args.trt_flavour_chosen = None
+    if not args.trt:
+        return None
+    try:
+        args.trt_flavour_chosen, why = probe.choose_flavour(args.trt_flavour)
+    except TRTUnavailable as e:
+        return e
+    if args.trt_flavour_chosen == "enterprise" and args.trt_targets_parsed:
+        raise ValueError("--trt-targets is for TensorRT-RTX (--trt-flavour rtx); enterprise TensorRT builds for the "
+                         "GPU it runs on")
+    if args.trt_flavour != args.trt_flavour_chosen:
+        print(f"--trt: {probe.LABELS[args.trt_flavour_chosen]} ({why})", flush=True)
+    return None
+
+
 def planned_files(args, side: dict, onnx32: str | None, onnx16: str | None) -> list[tuple[str, str]]:
     """(path, flag) of every file the command may write, sidecars included."""
     files = []
@@ -166,11 +202,14 @@ def planned_files(args, side: dict, onnx32: str | None, onnx16: str | None) -> l
         artefact(args.aoti, "--aoti")
     if args.trt:
         artefact(args.trt, "--trt")
-        cache = args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
-        files.append((cache, "--timing-cache"))
+        if getattr(args, "trt_flavour_chosen", None) == "enterprise":
+            files.append((_timing_cache(args), "--timing-cache"))
+        if args.onnx_ops == "fused":
+            artefact(_standard16(_stem(args.onnx or args.trt)), "--trt")
     if args.triton_repo:
         name = args.triton_name or f"fastmlr_{side['model']}"
-        files.extend((p, "--triton-repo") for p in repo_files(args.triton_repo, name, engine=bool(args.trt)))
+        files.extend((p, "--triton-repo") for p in repo_files(args.triton_repo, name,
+                                                                     engine=getattr(args, "trt_flavour_chosen", None) == "enterprise"))
     return files
 
 
@@ -180,6 +219,7 @@ def run(args) -> int:
     if args.validate_mosaics and not args.fp16:
         raise ValueError("--validate-mosaics compares the fp16 graph with fp32: it needs --fp16")
     check_batch_range(args.min_batch, args.opt_batch, args.max_batch)
+    trt_error = resolve_trt(args)
     model, size = load_model(args)
     per_class = None if args.single_threshold else model.thresholds
     side = make_sidecar(model, size, threshold=args.threshold, thresholds=per_class)
@@ -242,33 +282,49 @@ def run(args) -> int:
         if verify:
             reports.append(verify_aoti(args.aoti, model, size, real=real, max_batch=args.max_batch))
             print(format_report(reports[-1]), flush=True)
-    engine, trt_error = None, None
-    if args.trt:
-        cache = args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
-        # The fused op set where fastmlr's TensorRT plugins can be registered here, else the standard fp16 graph.
-        # (Without a GPU no engine is built at all, and the build below says so.)
-        trt_onnx, (plugins_ok, why) = onnx16, plugins_available() if probe.gpu_available()[0] else (False, "")
+    engine = None
+    flavour = args.trt_flavour_chosen
+    if args.trt and flavour is not None:
+        # The fused op set where fastmlr's TensorRT plugins can be registered here (enterprise TensorRT on a GPU),
+        # else the standard fp16 graph.
+        # TensorRT-RTX cannot host the plugins: a fused --onnx-ops graph is built from a standard twin, and the
+        # builder says so in one line.
+        trt_onnx, fallback, plugins_ok, why = onnx16, None, False, ""
+        if flavour == "enterprise":
+            plugins_ok, why = plugins_available()
         if plugins_ok:
             trt_onnx = step("ONNX fp16, fused op set (for TensorRT)", export_onnx, model, stem + ".fused.fp16.onnx",
                             size, fp16=True, **{**kw, "onnx_ops": "fused"})
+            fallback = onnx16
         elif why:
             print(f"TensorRT: building from the standard op set: fused plugins unavailable ({why})", flush=True)
+        if args.onnx_ops == "fused" and not plugins_ok:
+            fallback = step("ONNX fp16, standard op set (for TensorRT)", export_onnx, model, _standard16(stem),
+                            size, fp16=True, **{**kw, "onnx_ops": "standard"})
         try:
-            engine = step("TensorRT engine", build_trt_engine, trt_onnx, args.trt, min_batch=args.min_batch,
-                          opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_gb=args.workspace_gb,
-                          timing_cache=cache, sidecar=side, fallback_onnx=onnx16 if plugins_ok else None)
+            engine = step(f"{probe.LABELS[flavour]} engine", build_trt_engine, trt_onnx, args.trt,
+                          min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                          workspace_gb=args.workspace_gb, timing_cache=_timing_cache(args) if flavour == "enterprise"
+                          else None, sidecar=side, fallback_onnx=fallback, flavour=flavour,
+                          targets=args.trt_targets_parsed)
         except TRTUnavailable as e:
             trt_error = e
-            cmd = trtexec_command(onnx16, args.trt, size, args.min_batch, args.opt_batch, args.max_batch)
-            print(f"TensorRT engine NOT built: {e}\n  The ONNX graph it needs is written: {onnx16}\n"
-                  f"  On a host with an NVIDIA GPU and TensorRT, run the same command, or:\n    {cmd}",
-                  file=sys.stderr, flush=True)
+    if args.trt and trt_error is not None:
+        cmd = trtexec_command(onnx16, args.trt, size, args.min_batch, args.opt_batch, args.max_batch)
+        print(f"TensorRT engine NOT built: {trt_error}\n  The ONNX graph it needs is written: {onnx16}\n"
+              f"  On a host with an NVIDIA GPU and TensorRT, run the same command, or:\n    {cmd}",
+              file=sys.stderr, flush=True)
     if args.triton_repo:
         if not os.path.exists(onnx32):
             step("ONNX fp32 (for Triton)", export_onnx, model, onnx32, size, fp16=False, **kw)
-        folder = write_triton_repo(args.triton_repo, side, engine=engine, onnx_path=None if engine else onnx32,
+        # Triton's tensorrt backend links enterprise TensorRT: it cannot deserialize a TensorRT-RTX engine.
+        served = engine if flavour == "enterprise" else None
+        if engine and not served:
+            print(f"Triton model serves the ONNX graph: its tensorrt backend cannot load the TensorRT-RTX engine "
+                  f"{engine}", flush=True)
+        folder = write_triton_repo(args.triton_repo, side, engine=served, onnx_path=None if served else onnx32,
                                    max_batch=args.max_batch, opt_batch=args.opt_batch, name=args.triton_name)
-        print(f"wrote Triton model {folder} ({'TensorRT plan' if engine else 'ONNX Runtime backend'})")
+        print(f"wrote Triton model {folder} ({'TensorRT plan' if served else 'ONNX Runtime backend'})")
     failed = [r for r in reports if not r["ok"]]
     print(f"export: {len(written)} artefact(s) written; {len(reports) - len(failed)}/{len(reports)} checks passed")
     if failed:

@@ -267,7 +267,11 @@ def fake_tensorrt_plugin(trt):
     """A ``tensorrt.plugin`` for ``trt`` whose decorators check signatures as TensorRT's do and record them.
 
     ``plugin.REGISTRY[plugin_id]`` holds the registered shape function, its
-    input names and the AOT implementation.
+    input names, the AOT implementation and the plugin's definition (what
+    ``plugin.op.NS.NAME`` is). The decorators enforce what the real package's
+    validators do (tests/test_trt_plugin_validator.py runs the real one):
+    TensorDesc annotations, the input schema, and the AOT implementation's
+    4-tuple return annotation.
     """
     import importlib.machinery
     import inspect
@@ -328,6 +332,9 @@ def fake_tensorrt_plugin(trt):
     def from_shape_expr(shape, dtype):
         return TensorDesc(list(shape), dtype)
 
+    class PluginDef(types.SimpleNamespace):
+        """What tensorrt.plugin keeps per plugin (trtp.op.NS.NAME): the register function, later the AOT one."""
+
     def register(plugin_id):
         def deco(fn):
             ns, name = plugin_id.split("::")
@@ -342,8 +349,9 @@ def fake_tensorrt_plugin(trt):
                 raise ValueError(f"Return annotation must be TensorDesc or Tuple[TensorDesc], got {ret!r}")
             if not hasattr(trtp.op, ns):
                 setattr(trtp.op, ns, types.SimpleNamespace())
-            setattr(getattr(trtp.op, ns), name, fn)
-            trtp.REGISTRY[plugin_id] = {"register": fn, "inputs": list(sig.parameters), "aot_impl": None}
+            pdef = PluginDef(register_func=fn, aot_impl_func=None, input_tensor_names=list(sig.parameters))
+            setattr(getattr(trtp.op, ns), name, pdef)
+            trtp.REGISTRY[plugin_id] = {"register": fn, "inputs": list(sig.parameters), "aot_impl": None, "def": pdef}
             return fn
         return deco
 
@@ -381,6 +389,7 @@ def fake_tensorrt_plugin(trt):
                              "Expected a descendent of tensorrt.plugin.SymExprs.")
 
     def aot_impl(plugin_id):
+        """The checks of tensorrt.plugin's _validate_aot_impl (11.4): the schema, then a 4-tuple return annotation."""
         def deco(fn):
             if plugin_id not in trtp.REGISTRY:
                 raise ValueError(f"Plugin {plugin_id} is not registered.")
@@ -391,6 +400,7 @@ def fake_tensorrt_plugin(trt):
                 raise ValueError(f"aot_impl signature {got} does not match the expected schema {expected}")
             _check_aot_annotations(sig, trtp.REGISTRY[plugin_id]["inputs"])
             trtp.REGISTRY[plugin_id]["aot_impl"] = fn
+            trtp.REGISTRY[plugin_id]["def"].aot_impl_func = fn
             return fn
         return deco
 

@@ -49,9 +49,24 @@ def test_unknown_flags_name_what_was_expected(tmp_path):
 def test_gpu_only_runtimes_say_why_on_cpu():
     import torch
 
-    for name in ("autocast-fp16", "trt-fp16"):
+    for name in ("autocast-fp16", "trt-fp16", "trt-rtx"):
         reason = bench.RUNTIMES[name].why_not(torch.device("cpu"))
         assert reason and "GPU" in reason
+
+
+def test_the_rtx_column_says_which_gpus_tensorrt_rtx_runs_on(monkeypatch):
+    """On a GPU with TensorRT-RTX installed, an H100 (9.0) is refused with the targets; an RTX 3070 (8.6) is not."""
+    import torch
+
+    from fastmlr.bench import runtimes
+
+    monkeypatch.setattr(runtimes.TensorRTFP16, "why_not", lambda self, device: None)
+    rtx = bench.RUNTIMES["trt-rtx"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert rtx.why_not(torch.device("cuda")) == ("TensorRT-RTX builds for compute capability 7.5, 8.0, 8.6, 8.9, "
+                                                 "12.0, 12.1; this GPU is 9.0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert rtx.why_not(torch.device("cuda")) is None and rtx.targets(torch.device("cuda")) == ("8.6",)
 
 
 @pytest.mark.slow

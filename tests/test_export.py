@@ -282,7 +282,8 @@ def test_trt_is_never_imported_without_a_gpu(monkeypatch, exported, tmp_path):
     monkeypatch.setattr(probe, "gpu_available", lambda: (False, "no driver"))
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     with pytest.raises(probe.TRTUnavailable, match="no NVIDIA GPU \\(no driver\\)"):
-        deploy.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=1, max_batch=2)
+        deploy.build_trt_engine(exported["fp16"], str(tmp_path / "m.plan"), min_batch=1, opt_batch=1, max_batch=2,
+                                flavour="enterprise")
     assert "tensorrt" not in sys.modules
     with pytest.raises(RuntimeError, match="cannot run TensorRT engine"):
         from fastmlr.runtime.trt import TensorRTRunner
@@ -348,8 +349,8 @@ def test_cli_trt_without_gpu_writes_onnx_explains_and_serves_onnx_in_triton(tmp_
     engine.parent.mkdir()
     engine.write_bytes(b"an engine from yesterday")
     rc = ex.main(["--model", "baseline", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32",
-                  "--trt", str(engine), "--triton-repo", str(tmp_path / "repo"), "--max-batch", "4",
-                  "--opt-batch", "2", "--verify-images"])
+                  "--trt", str(engine), "--trt-flavour", "enterprise", "--triton-repo", str(tmp_path / "repo"),
+                  "--max-batch", "4", "--opt-batch", "2", "--verify-images"])
     out, err = capsys.readouterr()
     assert rc == 4, out + err
     assert "TensorRT engine NOT built" in err and "--stronglyTyped" in err and "trtexec --onnx=" in err

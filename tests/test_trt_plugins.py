@@ -101,7 +101,8 @@ def test_every_fused_op_is_registered_under_its_onnx_name(fake_plugins, monkeypa
     for op, inputs in CONTRACT.items():
         entry = trtp.REGISTRY[f"fastmlr::{op}"]
         assert entry["inputs"] == inputs and entry["aot_impl"] is not None
-        assert getattr(trtp.op.fastmlr, op) is entry["register"]
+        assert getattr(trtp.op.fastmlr, op) is entry["def"] and entry["def"].register_func is entry["register"]
+        assert entry["def"].aot_impl_func is entry["aot_impl"]
     # Idempotent: again in this process, and again after a reload of the module's own state.
     assert tp.register_plugins() == list(tp.PLUGIN_IDS)
     monkeypatch.setattr(tp, "_REGISTERED", [])
@@ -123,7 +124,7 @@ def test_tensorrt_without_tensorrt_plugin_is_unavailable_not_a_crash(monkeypatch
     monkeypatch.setattr(probe, "gpu_available", lambda: (True, "fake GPU"))
     monkeypatch.setattr(tp, "_REGISTERED", [])
     ok, why = tp.plugins_available()
-    assert not ok and "no tensorrt.plugin" in why and "10.8 or newer" in why
+    assert not ok and "no tensorrt.plugin" in why and "10.9 or newer" in why
 
 
 # -- shape functions --------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def versions() -> dict:
         except ImportError:
             v[mod] = None
     v["tensorrt"] = tensorrt_version()
+    v["tensorrt_rtx"] = tensorrt_version("rtx")
     return v
 
 

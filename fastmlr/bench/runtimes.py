@@ -183,6 +183,7 @@ class TensorRTFP16(Runtime):
     devices = ("cuda",)
     timed = "TensorRT execution context on the prepared CUDA images (runner.run): logits and probs"
     torch_alloc = False
+    flavour = "enterprise"
 
     def why_not(self, device):
         r = super().why_not(device)
@@ -191,9 +192,12 @@ class TensorRTFP16(Runtime):
         from ..artifact.probe import TRTUnavailable, import_tensorrt
 
         try:
-            import_tensorrt()
+            import_tensorrt(self.flavour, need_gpu=True)
         except TRTUnavailable as e:
             return str(e)
+        return None
+
+    def targets(self, device) -> tuple | None:
         return None
 
     onnx_ops = "standard"
@@ -206,7 +210,8 @@ class TensorRTFP16(Runtime):
         export_onnx(model.cpu(), stem + ".onnx", ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
                     fp16=True, onnx_ops=self.onnx_ops)
         build_trt_engine(stem + ".onnx", stem + ".engine", min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
+                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"), flavour=self.flavour,
+                         targets=self.targets(ctx["device"]))
         runner = _load_runner(stem + ".engine", device="cuda")
         ctx["provider"] = runner.provider
         return runner.run
@@ -227,8 +232,30 @@ class TensorRTFused(TensorRTFP16):
         return None if ok else f"the fused nodes' TensorRT plugins cannot be registered: {why}"
 
 
+class TensorRTRTX(TensorRTFP16):
+    """TensorRT-RTX fp16: the engine built for this GPU's compute capability, compiled just in time on it."""
+
+    name, label = "trt-rtx", "TensorRT-RTX fp16"
+    timed = ("TensorRT-RTX execution context on the prepared CUDA images (runner.run), after a warm-up run that "
+             "pays the just-in-time compile: logits and probs")
+    flavour = "rtx"
+
+    def why_not(self, device):
+        r = super().why_not(device)
+        if r:
+            return r
+        cc = "{}.{}".format(*torch.cuda.get_device_capability(device))
+        targets = _deploy("trt", "RTX_TARGETS")
+        if cc not in targets:
+            return f"TensorRT-RTX builds for compute capability {', '.join(targets)}; this GPU is {cc}"
+        return None
+
+    def targets(self, device):
+        return ("{}.{}".format(*torch.cuda.get_device_capability(device)),)
+
+
 RUNTIMES: dict[str, Runtime] = {
     r.name: r
     for r in (Eager(), Compile(), AutocastFP16(), OnnxRT(False), OnnxRT(True), OnnxRT(False, "fused"), AOTI(),
-              TensorRTFP16(), TensorRTFused())
+              TensorRTFP16(), TensorRTFused(), TensorRTRTX())
 }

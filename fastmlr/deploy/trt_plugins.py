@@ -284,7 +284,7 @@ def aot_launch(trt, trtp, op: str, descs, outputs, arch: int | None = None):
     return k.name.encode(), k.code(), launch, extra
 
 
-def _define(trt, trtp, op: str) -> None:
+def _define(trt, trtp, op: str, aot_only: bool = False) -> None:
     """Register ``op``'s shape function and AOT implementation, with the signatures tensorrt.plugin checks.
 
     tensorrt.plugin reads the parameter names (the op's inputs, then
@@ -292,7 +292,8 @@ def _define(trt, trtp, op: str) -> None:
     (``tensorrt/plugin/_validate.py``): the shape function's inputs and return
     are ``TensorDesc``; the AOT implementation's return annotation is required
     and must be ``tuple[str | bytes, str | bytes, KernelLaunchParams, SymExprs]``
-    (kernel name, kernel code, launch parameters, extra arguments).
+    (kernel name, kernel code, launch parameters, extra arguments). ``aot_only``: add the AOT
+    implementation alone (completing a registration whose AOT implementation was refused).
     """
     node = _plugin(op).onnx
     plugin_id = f"{DOMAIN}::{node.op_type}"
@@ -312,7 +313,8 @@ def _define(trt, trtp, op: str) -> None:
                    P("tactic", P.POSITIONAL_OR_KEYWORD, annotation=int)],
         return_annotation=tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs])
     shape_fn.__name__, aot_fn.__name__ = f"{op}_shape", f"{op}_aot"
-    trtp.register(plugin_id)(shape_fn)
+    if not aot_only:
+        trtp.register(plugin_id)(shape_fn)
     trtp.aot_impl(plugin_id)(aot_fn)
 
 
@@ -331,19 +333,26 @@ def register_plugins() -> list[str]:
         trtp = importlib.import_module("tensorrt.plugin")
     except ImportError as e:
         raise TRTUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} has no tensorrt.plugin ({e}); "
-                             "fused plugins need TensorRT 10.8 or newer") from e
+                             "fused plugins need TensorRT 10.9 or newer (aot_impl)") from e
     if not hasattr(trtp, "aot_impl"):
         raise TRTUnavailable(f"TensorRT {getattr(trt, '__version__', '?')}'s tensorrt.plugin has no aot_impl; "
-                             "fused plugins need TensorRT 10.8 or newer")
+                             "fused plugins need TensorRT 10.9 or newer (aot_impl)")
     try:
         importlib.import_module("triton")
     except ImportError as e:
         raise TRTUnavailable(f"Triton is not installed ({e}); it compiles the plugin kernels") from e
     namespace = getattr(trtp.op, DOMAIN, None) if hasattr(trtp, "op") else None
     ops = plugin_ops()
-    for op in ops:
-        if namespace is None or not hasattr(namespace, op):  # registered elsewhere in this process: keep it
-            _define(trt, trtp, op)
+    for op, plugin in ops.items():
+        defined = getattr(namespace, op, None) if namespace is not None else None
+        try:
+            if defined is None:
+                _define(trt, trtp, op)
+            elif getattr(defined, "aot_impl_func", True) is None:
+                # Registered by an attempt whose AOT implementation was refused: complete it rather than skip it.
+                _define(trt, trtp, op, aot_only=True)
+        except (ValueError, TypeError) as e:  # tensorrt.plugin's validation of our signatures
+            raise TRTUnavailable(f"tensorrt.plugin refused {plugin.plugin_id}: {e}") from e
     _REGISTERED[:] = [o.plugin_id for o in ops.values()]
     return list(_REGISTERED)
 

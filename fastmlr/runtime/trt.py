@@ -1,5 +1,13 @@
 """TensorRT runner for ``.plan``/``.engine`` files built by :mod:`fastmlr.deploy.trt` (TensorRT 10/11 API).
 
+The engine's sidecar names its flavour (``tensorrt.flavour``): enterprise
+TensorRT (``import tensorrt``) or TensorRT-RTX (``import tensorrt_rtx``), and
+the runner takes that library. A TensorRT-RTX engine is compiled just in time
+for the GPU at hand; the compiled kernels are kept in a runtime cache beside
+the engine (``ENGINE.runtime.cache``, :func:`runtime_cache_path`), loaded when
+the runner starts and rewritten after each new input shape, so the compile is
+paid once per GPU, driver and TensorRT-RTX version (the cache refuses any other).
+
 I/O goes through one of three paths, each imported only when chosen:
 
 - ``io="torch"`` (default when torch has CUDA): inputs and outputs are torch
@@ -8,19 +16,23 @@ I/O goes through one of three paths, each imported only when chosen:
   API, for services without torch;
 - ``io="pycuda"``: the same through pycuda, where it is installed.
 
-A TensorRT runtime created without a GPU crashes the process, so the GPU is
-probed first and the runner refuses to start without one.
+An enterprise TensorRT runtime created without a GPU crashes the process, so
+the GPU is probed first and the runner refuses to start without one (for both
+flavours; TensorRT-RTX itself would refuse to deserialize, after CUDA error 35).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import numpy as np
 import torch
 
 from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES
-from ..artifact.probe import TRTUnavailable, import_tensorrt
+from ..artifact.probe import LABELS, TRTUnavailable, import_tensorrt
+from ..files import atomic_write_bytes
 from .base import Runner
 
 IO_PATHS = ("torch", "cuda-python", "pycuda")
@@ -36,6 +48,97 @@ def _check(result, what: str):
 
 # The optimisation profile every engine of fastmlr.deploy.trt has, and the one the runner selects.
 PROFILE = 0
+RTX_MAGIC = b"vtrt"  # the first bytes of every TensorRT-RTX engine
+
+
+def engine_flavour(path: str, sidecar: dict, head: bytes | None = None) -> str:
+    """The engine's flavour from its sidecar (enterprise for sidecars older than the field), checked against the
+    file's first bytes ``head`` when given (an RTX engine starts ``vtrt``)."""
+    flavour = (sidecar.get("tensorrt") or {}).get("flavour", "enterprise")
+    if flavour not in LABELS:
+        raise RuntimeError(f"{path}: its sidecar names TensorRT flavour {flavour!r}; expected one of {', '.join(LABELS)}")
+    if head is not None and (flavour == "rtx") != head.startswith(RTX_MAGIC):
+        found = "a TensorRT-RTX engine" if head.startswith(RTX_MAGIC) else "not a TensorRT-RTX engine"
+        raise RuntimeError(f"{path}: its sidecar says {LABELS[flavour]}, but the file is {found} "
+                           f"(first bytes {head[:4]!r})")
+    return flavour
+
+
+def check_target(path: str, sidecar: dict, capability: tuple[int, int] | None) -> None:
+    """Refuse a TensorRT-RTX engine on a GPU whose compute capability is not among its targets."""
+    targets = (sidecar.get("tensorrt") or {}).get("targets") or []
+    if capability is None or not targets:
+        return
+    cc = f"{capability[0]}.{capability[1]}"
+    if cc not in targets:
+        raise RuntimeError(f"{path}: TensorRT-RTX engine built for compute capability {', '.join(targets)}; this "
+                           f"GPU is {cc} (rebuild with --trt-targets {cc}, or enterprise TensorRT on SM 9.0)")
+
+
+def runtime_cache_path(engine_path: str) -> str:
+    """Where a TensorRT-RTX engine's runtime cache (its just-in-time compiled kernels) is kept."""
+    return engine_path + ".runtime.cache"
+
+
+class RuntimeCache:
+    """A TensorRT-RTX runtime cache backed by a file: loaded once, saved atomically after each new input shape.
+
+    ``runtime_config`` is an ``IRuntimeConfig`` (``engine.create_runtime_config()``);
+    the cache's own ``deserialize`` refuses a file from another GPU, driver or
+    version (it returns False): then the kernels are compiled anew, one line says
+    so, and the file is replaced at the next save.
+    """
+
+    def __init__(self, runtime_config, path: str):
+        self.path, self._shapes = path, set()
+        self.cache = runtime_config.create_runtime_cache()
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                if not self.cache.deserialize(fh.read()):
+                    print(f"TensorRT-RTX: runtime cache {path} was written for another GPU, driver or version; "
+                          "compiling the kernels anew", file=sys.stderr, flush=True)
+        runtime_config.set_runtime_cache(self.cache)
+
+    def after_run(self, shape: tuple) -> None:
+        """Save the cache the first time ``shape`` runs (new shapes may compile new kernels)."""
+        if tuple(shape) in self._shapes:
+            return
+        self._shapes.add(tuple(shape))
+        blob = bytes(self.cache.serialize())
+        try:
+            atomic_write_bytes(self.path, lambda fh: fh.write(blob))
+        except OSError as e:  # a read-only folder costs the next process a compile, not this run
+            print(f"TensorRT-RTX: runtime cache not saved to {self.path} ({e}); the next run compiles again",
+                  file=sys.stderr, flush=True)
+            self._shapes.add(None)
+
+
+class RecordingLogger:
+    """An ``ILogger`` for ``trt``: keeps error messages (for the one-line refusal), prints warnings and worse."""
+
+    def __new__(cls, trt):
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors = []
+
+            def log(self, severity, msg):
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(str(msg))
+                elif severity == trt.ILogger.Severity.WARNING:
+                    print(f"[TensorRT] {msg}", file=sys.stderr)
+
+        return _Logger()
+
+
+def deserialize(trt, runtime, logger, path: str, blob: bytes, flavour: str):
+    """``runtime.deserialize_cuda_engine(blob)``, or a one-line RuntimeError with TensorRT's first error."""
+    engine = runtime.deserialize_cuda_engine(blob)
+    if engine is None:
+        why = (getattr(logger, "errors", None) or ["no error reported"])[0]
+        raise RuntimeError(f"{LABELS[flavour]} {getattr(trt, '__version__', '?')} could not deserialize {path}: "
+                           f"{' '.join(why.split())}")
+    return engine
 
 
 def check_engine(engine, trt, path: str, sidecar: dict) -> tuple[int, int]:
@@ -196,28 +299,40 @@ class TensorRTRunner(Runner):
             raise RuntimeError(f"{path} is a TensorRT engine: it runs only on an NVIDIA GPU, not on device='cpu'")
         if io is not None and io not in IO_PATHS:
             raise ValueError(f"io must be one of {IO_PATHS}, got {io!r}")
+        self.flavour = engine_flavour(path, sidecar)
         try:
-            trt = import_tensorrt()  # probes the GPU before touching TensorRT
+            trt = import_tensorrt(self.flavour, need_gpu=True)  # probes the GPU before touching TensorRT
         except TRTUnavailable as e:
-            raise RuntimeError(f"cannot run TensorRT engine {path}: {e}. Use the ONNX graph on this machine.") from e
+            raise RuntimeError(f"cannot run {LABELS[self.flavour]} engine {path}: {e}. Use the ONNX graph on this "
+                               "machine.") from e
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        engine_flavour(path, sidecar, blob[:16])
+        if self.flavour == "rtx" and torch.cuda.is_available():
+            check_target(path, sidecar, torch.cuda.get_device_capability(torch.device(device or "cuda")))
         if io is None:
             io = "torch" if torch.cuda.is_available() else "cuda-python"
         self._io = {"torch": lambda: _TorchIO(device), "cuda-python": lambda: _CudaPythonIO(device),
                     "pycuda": _PyCudaIO}[io]()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = RecordingLogger(trt)
+        self._cache = None
         guard = getattr(self._io, "guard", contextlib.nullcontext)
         with guard():  # the engine's memory and the context live on the runner's GPU
             self._runtime = trt.Runtime(self._logger)
-            with open(path, "rb") as fh:
-                self.engine = self._runtime.deserialize_cuda_engine(fh.read())
-            if self.engine is None:
-                raise RuntimeError(f"TensorRT could not deserialize {path} (built by another TensorRT version or GPU?)")
+            self.engine = deserialize(trt, self._runtime, self._logger, path, blob, self.flavour)
             self._batch = check_engine(self.engine, trt, path, sidecar)
-            self.context = self.engine.create_execution_context()
+            if self.flavour == "rtx":
+                config = self.engine.create_runtime_config()
+                self._cache = RuntimeCache(config, runtime_cache_path(path))
+                self.context = self.engine.create_execution_context(config)
+            else:
+                self.context = self.engine.create_execution_context()
         self._outputs = list(OUTPUT_NAMES)
-        self.provider = f"tensorrt:{io}"
+        self.provider = f"{'tensorrt-rtx' if self.flavour == 'rtx' else 'tensorrt'}:{io}"
 
     def run(self, x: torch.Tensor):
         check_batch(self.path, tuple(x.shape), self._batch)
         logits, probs = self._io.run(self.context, x, INPUT_NAME, self._outputs)
+        if self._cache is not None:
+            self._cache.after_run(tuple(x.shape))
         return logits, probs
