@@ -1,6 +1,8 @@
 # fastmlr: `make demo` runs the main job, `make test` the whole suite.
 # Both set up .venv on a fresh machine (torch is installed once, then the
 # project with --no-build-isolation so its extension builds against it).
+# `make test` also runs the tests whose outcome depends on the stack on a second
+# environment, .venv-host, that mirrors the lent GPU host (`make test-host`).
 SHELL := /bin/bash
 PY ?= python3.11
 VENV := .venv
@@ -14,7 +16,29 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0+PTX
 export MAX_JOBS ?= 2
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: all setup test test-fast demo bench bench-ops clean data gpu-check
+# The GPU host's stack (README "What runs where"): Python 3.12 with these exact versions and no
+# virtualenv there, so here fastmlr is not installed into .venv-host either: fastmlr._C is built in
+# place against its torch (it sits beside the development one: the file names carry the Python
+# version) and the tests import the working tree through PYTHONPATH. The host builds the CUDA
+# kernels for its own GPU (make gpu-check); here the CPU-only extension is enough for the CPU tests
+# and the CUDA build is already checked by `make setup` (HOST_WITH_CUDA=1 builds them too).
+PY_HOST ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+HOST_VENV := .venv-host
+HOST_BIN := $(HOST_VENV)/bin
+HOST_STAMP := $(HOST_VENV)/.fastmlr-host-stack
+HOST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy==2.5.* onnx==1.23.* onnxruntime==1.30.* \
+	onnxscript==0.7.2 Pillow scikit-learn tqdm matplotlib pytest setuptools wheel ninja
+HOST_WITH_CUDA ?= 0
+# What differs between the stacks: dispatch and compile, autocast, the ops (interpreter, C++ build),
+# export and the TensorRT plugins' PTX, training, gpu-check's CPU side, and the install itself.
+HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dispatch.py \
+	tests/test_triton_compile.py tests/test_trt_plugins.py tests/test_autocast.py tests/test_fp16.py \
+	tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
+	tests/test_op_second_order.py tests/test_op_mpcos.py tests/test_onnx_ops.py tests/test_export.py \
+	tests/test_train.py
+
+.PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check
 
 all: setup
 
@@ -47,8 +71,26 @@ data:
 	    else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
 	fi
 
-test: setup
+$(HOST_BIN)/python:
+	@[ -n "$(PY_HOST)" ] || { echo "make: no python3.12 found (PATH or ~/.pyenv/versions/3.12*): set PY_HOST"; exit 2; }
+	$(PY_HOST) -m venv $(HOST_VENV)
+	$(HOST_BIN)/pip install -q --upgrade pip
+
+$(HOST_STAMP): $(HOST_BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
+	$(HOST_BIN)/pip install -q $(HOST_PINS)
+	FASTMLR_WITH_CUDA=$(HOST_WITH_CUDA) $(HOST_BIN)/python setup.py -q build_ext --inplace --build-temp build/host
+	touch $(HOST_STAMP)
+
+setup-host: $(HOST_STAMP) data
+
+# Both stacks: the whole suite on the development one, the stack-dependent part on the host one.
+test: test-dev test-host
+
+test-dev: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-host: setup-host
+	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider $(HOST_TESTS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow" tests
