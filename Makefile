@@ -8,8 +8,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastmlr-installed
-# The nvcc on PATH may be a wrapper; the real toolkit root is where it says it is.
-CUDA_HOME ?= $(shell command -v nvcc >/dev/null 2>&1 && dirname "$$(nvcc --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$$ _HERE_=//p' | head -1)")
+# The toolkit root (the nvcc on PATH may be a wrapper): fastmlr/toolkit.py, the lookup setup.py uses too.
+CUDA_HOME ?= $(shell python3 fastmlr/toolkit.py 2>/dev/null)
 export CUDA_HOME
 # setup.py DEFAULT_CUDA_ARCH_LIST: Ampere, Ada, Hopper, and Hopper PTX for newer GPUs.
 export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0+PTX
