@@ -108,8 +108,8 @@ bench-ops: setup
 	    --benchmark-json=benchmarks/results/pytest-benchmark.json
 
 # On a GPU host with its own python3/torch/Triton (no venv, no downloads): build fastmlr._C in place
-# for the local GPU, run the gpu tests, AMP training, the GPU benchmarks; reports in $(GPU_CHECK_OUT).
-# Without a GPU it says so in one line and fails, touching nothing. About 8 minutes on an H100/H200.
+# for the local GPU, run a GPU smoke selection, AMP training, the ops and the GPU bench columns; reports in $(GPU_CHECK_OUT).
+# Without a GPU it says so in one line and fails, touching nothing. At most 540 s (README "GPU").
 GPU_CHECK_OUT ?= runs/gpu-check
 gpu-check:
 	python3 tools/gpu_check.py --out "$(GPU_CHECK_OUT)"
