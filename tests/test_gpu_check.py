@@ -402,3 +402,34 @@ def test_train_figures_come_from_the_last_epoch_of_log_jsonl(gpu_check, tmp_path
     gpu_check.plan.train_figures(tmp_path)(step, "")
     assert step["figures"] == {"train_loss": 0.7123, "train_images_per_s": 512.3, "train_images": 1280,
                                "val_mAP": 45.67}
+
+
+def test_run_all_runs_every_step_in_order_and_reports_each(gpu_check, tmp_path, monkeypatch):
+    """The whole run on the CPU with each step's command replaced by a short stand-in: every step of the plan
+    is run in order under its limit, a failing one does not stop the rest, and the reports say so."""
+    plan = gpu_check.plan
+    py = sys.executable
+
+    def say(name, rc=0):
+        return [py, "-c", f"import sys; print('{name} here'); sys.exit({rc})"]
+
+    monkeypatch.setattr(plan, "REAL_FMNIST", str(tmp_path / "absent"))
+    monkeypatch.setattr(plan, "build_cmd", lambda python: say("build"))
+    monkeypatch.setattr(plan, "pytest_cmd", lambda python: say("pytest", rc=1))
+    monkeypatch.setattr(plan, "train_cmd", lambda model, d, python: say(f"train {model}"))
+    monkeypatch.setattr(plan, "ops_cmd", lambda f, python: say("ops"))
+    monkeypatch.setattr(plan, "bench_cmd", lambda step, out, python: say(step))
+    info = {"gpu": "test", "capability": "9.0"}
+    out = tmp_path / "out"
+    result = gpu_check.cli.run_all(out, budget=600, info=info, python=py)
+    order = ["build", "pytest-gpu", "train-srdl", "train-aamn", "ops", "bench-eager", "bench-compile", "bench-aoti"]
+    assert [s["step"] for s in result["steps"]] == order
+    status = {s["step"]: s["status"] for s in result["steps"]}
+    assert status.pop("pytest-gpu") == "failed" and set(status.values()) == {"ok"}
+    assert all(s["limit_s"] == gpu_check.runner.LIMITS[s["step"]] for s in result["steps"])
+    assert "train srdl here" in (out / "logs" / "train-srdl.log").read_text()
+    saved = json.loads((out / "report.json").read_text())
+    assert [s["step"] for s in saved["steps"]] == order and "synthetic" in saved["notes"][0]
+    md = (out / "report.md").read_text()
+    assert "| pytest-gpu | failed |" in md and "| bench-aoti | ok |" in md
+    assert info["torch_cuda_arch_list"] == "9.0"
