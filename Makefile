@@ -36,7 +36,7 @@ HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dis
 	tests/test_triton_compile.py tests/test_trt_plugins.py tests/test_autocast.py tests/test_fp16.py \
 	tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
 	tests/test_op_second_order.py tests/test_op_mpcos.py tests/test_onnx_ops.py tests/test_export.py \
-	tests/test_train.py
+	tests/test_train.py tests/test_aoti_device.py
 
 .PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check
 
