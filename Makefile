@@ -31,12 +31,15 @@ HOST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy==2.5.* onnx==
 	onnxscript==0.7.2 Pillow scikit-learn tqdm matplotlib pytest setuptools wheel ninja
 HOST_WITH_CUDA ?= 0
 # What differs between the stacks: dispatch and compile, autocast, the ops (interpreter, C++ build),
-# export and the TensorRT plugins' PTX, training, gpu-check's CPU side, and the install itself.
-HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dispatch.py \
-	tests/test_triton_compile.py tests/test_trt_plugins.py tests/test_autocast.py tests/test_fp16.py \
-	tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
+# export, training, gpu-check's CPU side, and the install itself; their quick tests (not "slow"), then the
+# few slow ones that read the stack's own code generation (Triton's PTX, its launch binding).
+HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dispatch.py tests/test_autocast.py \
+	tests/test_fp16.py tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
 	tests/test_op_second_order.py tests/test_op_mpcos.py tests/test_onnx_ops.py tests/test_export.py \
 	tests/test_train.py tests/test_aoti_device.py
+HOST_SLOW_TESTS ?= tests/test_trt_plugins.py::test_fp16_kernels_load_half_precision \
+	tests/test_trt_plugins.py::test_f32_to_f16_rounding_reads_every_spelling \
+	tests/test_triton_compile.py::test_recorder_binds_launches_as_triton_does
 
 .PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check
 
@@ -90,7 +93,8 @@ test-dev: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-host: setup-host
-	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider $(HOST_TESTS)
+	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(HOST_TESTS)
+	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider $(HOST_SLOW_TESTS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow" tests
