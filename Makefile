@@ -32,14 +32,21 @@ HOST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy==2.5.* onnx==
 HOST_WITH_CUDA ?= 0
 # What differs between the stacks: dispatch and compile, autocast, the ops (interpreter, C++ build),
 # export, training, gpu-check's CPU side, and the install itself; their quick tests (not "slow"), then the
-# few slow ones that read the stack's own code generation (Triton's PTX, its launch binding).
+# few slow ones that read the stack's own Triton (its interpreter on every op case, its PTX, its launch binding).
 HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dispatch.py tests/test_autocast.py \
 	tests/test_fp16.py tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
 	tests/test_op_second_order.py tests/test_op_mpcos.py tests/test_onnx_ops.py tests/test_export.py \
 	tests/test_train.py tests/test_aoti_device.py
-HOST_SLOW_TESTS ?= tests/test_trt_plugins.py::test_fp16_kernels_load_half_precision \
+HOST_SLOW_TESTS ?= tests/test_ops_triton.py::test_interpreter_cases \
+	tests/test_trt_plugins.py::test_fp16_kernels_load_half_precision \
 	tests/test_trt_plugins.py::test_f32_to_f16_rounding_reads_every_spelling \
 	tests/test_triton_compile.py::test_recorder_binds_launches_as_triton_does
+# Quick tests that repeat, at length, what the stack does not change (the training loop's resume and NaN
+# handling, the entry points, a memory-growth measurement): run on the development stack only.
+HOST_DESELECT ?= tests/test_train.py::test_resume_gives_the_same_result \
+	tests/test_train.py::test_resume_refuses_another_model tests/test_train.py::test_module_entry_points \
+	tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint \
+	tests/test_onnx_ops.py::test_standard_graph_is_tensorrt_only_and_its_memory_does_not_grow_with_c
 
 .PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check
 
@@ -93,7 +100,8 @@ test-dev: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-host: setup-host
-	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(HOST_TESTS)
+	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" $(HOST_TESTS) \
+	    $(addprefix --deselect ,$(HOST_DESELECT))
 	PYTHONPATH=$(CURDIR) $(HOST_BIN)/python -m pytest -q -p no:cacheprovider $(HOST_SLOW_TESTS)
 
 test-fast: setup
