@@ -8,14 +8,24 @@ the versions (torch then checks them itself); 0 builds the CPU-only extension.
 """
 
 import glob
+import importlib.util
 import os
-import re
-import shutil
-import subprocess
 
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_toolkit():
+    """fastmlr/toolkit.py, the one CUDA toolkit lookup (loaded by path: the build may not have HERE on sys.path)."""
+    spec = importlib.util.spec_from_file_location("fastmlr_toolkit", os.path.join(HERE, "fastmlr", "toolkit.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_toolkit = _load_toolkit()
+nvcc_version = _toolkit.nvcc_version
 
 # GPUs the CUDA kernels are compiled for: machine code for Ampere (8.0, 8.6),
 # Ada (8.9) and Hopper (9.0), plus Hopper's PTX, which the driver compiles at
@@ -36,36 +46,6 @@ CXX_FLAGS = ["-O3", "-fopenmp", "-g0", "-fno-trapping-math"]
 # contraction stays on, as on the CPU (GCC contracts too): one rounding
 # instead of two. csrc/car_math.h states what the kernels promise.
 NVCC_FLAGS = ["-O3", "-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true"]
-
-
-def _find_cuda_home():
-    if os.environ.get("CUDA_HOME"):
-        return os.environ["CUDA_HOME"]
-    nvcc = shutil.which("nvcc")
-    if not nvcc:
-        return None
-    # The nvcc on PATH may be a wrapper script; the real one reports its own folder.
-    try:
-        out = subprocess.run(
-            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60
-        ).stderr
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        if "_HERE_=" in line:
-            return os.path.dirname(line.split("_HERE_=", 1)[1].strip())
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-
-
-def nvcc_version(cuda_home):
-    """'13.0' from ``<cuda_home>/bin/nvcc --version``, or None if it cannot be run or read."""
-    try:
-        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"],
-                             capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"release (\d+)\.(\d+)", out)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
 def cuda_build_decision(with_cuda_env, cuda_home, nvcc_ver, torch_cuda):
@@ -109,9 +89,7 @@ def _extensions():
     env = os.environ.get("FASTMLR_WITH_CUDA")
     cuda_home = None
     if cu and env != "0":
-        cuda_home = _find_cuda_home()
-        if cuda_home and not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
-            cuda_home = None
+        cuda_home = _toolkit.usable_cuda_home()
     with_cuda, why = False, None
     if cu:
         with_cuda, why = cuda_build_decision(env, cuda_home, cuda_home and nvcc_version(cuda_home),

@@ -1,33 +1,23 @@
 """Small fakes in real file formats, shared by several test files."""
 
-import gzip
 import os
-import struct
 
 import numpy as np
+
+from fastmlr.gpucheck.synthetic import write_fmnist
 
 N_TRAIN_PER_CLASS, N_VAL_PER_CLASS = 3, 2
 TRAIN_BASE, VAL_BASE = 20, 150  # photo k of a split is filled with BASE + k
 
 
-def write_idx(path, array, gz):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape) + array.tobytes()
-    if gz:
-        path, raw = path + ".gz", gzip.compress(raw)
-    with open(path, "wb") as f:
-        f.write(raw)
-
-
 def write_fake_fmnist(folder, gz=True):
-    os.makedirs(folder, exist_ok=True)
-    for prefix, per_class, base in (("train", N_TRAIN_PER_CLASS, TRAIN_BASE), ("t10k", N_VAL_PER_CLASS, VAL_BASE)):
+    """Tiny Fashion-MNIST: photo k of a split is uniformly BASE + k, labels k % 10 (tests read the values back)."""
+    images, labels = {}, {}
+    for split, per_class, base in (("train", N_TRAIN_PER_CLASS, TRAIN_BASE), ("val", N_VAL_PER_CLASS, VAL_BASE)):
         n = 10 * per_class
-        labels = np.arange(n) % 10
-        images = (base + np.arange(n))[:, None, None] * np.ones((1, 28, 28))
-        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), images, gz)
-        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels, gz)
-    return folder
+        labels[split] = np.arange(n) % 10
+        images[split] = (base + np.arange(n))[:, None, None] * np.ones((1, 28, 28))
+    return write_fmnist(folder, images, labels, gz)
 
 
 REAL_FMNIST = "/usr/share/datasets/fashion-mnist"

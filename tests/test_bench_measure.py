@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastmlr.bench import CallTimer, interleaved_times, overhead, overhead_interval, percentile, time_calls
-from fastmlr.bench.measure import median_interval, overhead_stats, spread_small
+from fastmlr.measure import median_interval, overhead_stats, spread_small
 
 
 class FakeMachine:

@@ -11,7 +11,7 @@ import torch
 from fastmlr import bench
 from fastmlr.bench import cells as cells_mod
 from fastmlr.bench import cli
-from fastmlr.bench.measure import CallTimer
+from fastmlr.measure import CallTimer
 from fastmlr.bench.report import PAPER_MS, chart_panels, uncertain_overheads
 from fastmlr.bench.runtimes import Runtime
 

@@ -78,7 +78,6 @@ def build_arch_list() -> list[int]:
 ARCHS = build_arch_list() if _WHY_NOT is None else [90]
 _TL_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
              torch.int32: "i32", torch.int64: "i64", torch.bool: "i1"}
-_OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 # ---------------------------------------------------------------------------
@@ -103,22 +102,45 @@ class Launch:
         return f"{self.name}[{'/'.join(types)}; {consts}; {opts}]"
 
 
+def _cuda_option_names() -> frozenset:
+    """The compile options a launch may pass as keywords: the fields of Triton's own CUDAOptions."""
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return frozenset(CUDAOptions.__dataclass_fields__)
+
+
 def _launches_of(fn: JITFunction, configs, args: tuple, kwargs: dict) -> list[Launch]:
+    """The compilations ``fn[grid](*args, **kwargs)`` asks for, one per autotuner config (``[None]``: plain jit).
+
+    The arguments are bound as Triton binds them (JITFunction.run binds with the kernel's Python
+    signature, ``fn.signature``; keywords that are not parameters are compile options, CUDAOptions' fields),
+    so a launch Triton would refuse is refused here: too many positional arguments, a parameter given twice
+    or missing (TypeError, as Triton's binder), a meta-parameter both passed and set by the autotuner's config
+    (ValueError "Conflicting meta-parameters", as Triton's Autotuner), and, stricter than Triton, which ignores
+    them, keywords that are neither parameters nor options.
+    """
     names = fn.arg_names
+    assert list(fn.signature.parameters) == list(names)
     constexpr_names = {names[i] for i in fn.constexprs}
-    bound = dict(zip(names, args))
-    options = {k: v for k, v in kwargs.items() if k in _OPTION_NAMES}
-    bound.update({k: v for k, v in kwargs.items() if k not in _OPTION_NAMES})
+    params = {k: v for k, v in kwargs.items() if k in fn.signature.parameters}
+    options = {k: v for k, v in kwargs.items() if k not in params}
+    unknown = sorted(set(options) - _cuda_option_names())
+    assert not unknown, f"{fn.__name__}: keywords {unknown} are neither parameters nor Triton compile options"
     out = []
     for cfg in configs:
-        vals, opts = dict(bound), dict(options)
+        opts = dict(options)
+        meta = dict(params)
         if cfg is not None:
-            vals.update(cfg.kwargs)
+            conflicts = sorted(meta.keys() & cfg.kwargs.keys())
+            if conflicts:
+                raise ValueError(f"Conflicting meta-parameters: {', '.join(conflicts)}.")
+            meta.update(cfg.kwargs)
             opts.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             if getattr(cfg, "maxnreg", None) is not None:
                 opts["maxnreg"] = cfg.maxnreg
-        missing = [n for n in names if n not in vals]
-        assert not missing, f"{fn.__name__}: launch leaves {missing} unset"
+        bound = fn.signature.bind(*args, **meta)  # TypeError where Triton's binder raises one
+        bound.apply_defaults()
+        vals = bound.arguments
         sig, consts = [], []
         for n in names:
             v = vals[n]
@@ -136,6 +158,34 @@ def _launches_of(fn: JITFunction, configs, args: tuple, kwargs: dict) -> list[La
                 raise AssertionError(f"{fn.__name__}: argument {n} of type {type(v).__name__} not understood")
         out.append(Launch(fn, fn.__name__, tuple(sig), tuple(consts), tuple(sorted(opts.items()))))
     return out
+
+
+def test_recorder_binds_launches_as_triton_does():
+    """The recorder refuses the launches Triton refuses (its contract, not ours), and reads a good one."""
+    import triton.language as tl
+
+    @triton.jit
+    def k(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr = 0):
+        pass
+
+    x = torch.empty(4, device="meta")
+    (ok,) = _launches_of(k, [None], (x, 4), {"BLOCK": 16, "num_warps": 2})
+    assert ok.signature == (("x_ptr", "*fp32"), ("n", "i32")) and ok.constexprs == (("BLOCK", 16), ("FLAG", 0))
+    assert ok.options == (("num_warps", 2),)
+    with pytest.raises(TypeError):  # too many positional arguments
+        _launches_of(k, [None], (x, 4, 16, 0, 1), {})
+    with pytest.raises(TypeError):  # n twice
+        _launches_of(k, [None], (x, 4), {"n": 4, "BLOCK": 16})
+    with pytest.raises(TypeError):  # BLOCK missing
+        _launches_of(k, [None], (x, 4), {})
+    with pytest.raises(AssertionError, match="BLOCKK"):  # a misspelt meta-parameter
+        _launches_of(k, [None], (x, 4), {"BLOCK": 16, "BLOCKK": 32})
+    cfg = triton.Config({"BLOCK": 32}, num_warps=4, num_stages=2)
+    (tuned,) = _launches_of(k, [cfg], (x, 4), {})
+    assert ("BLOCK", 32) in tuned.constexprs and dict(tuned.options) == {"num_warps": 4, "num_stages": 2}
+    with pytest.raises(ValueError, match="Conflicting meta-parameters: BLOCK"):
+        _launches_of(k, [cfg], (x, 4), {"BLOCK": 16})
+    assert {"num_warps", "num_stages", "maxnreg"} <= _cuda_option_names()  # what configs set
 
 
 class _Recorder:

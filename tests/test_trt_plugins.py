@@ -247,8 +247,39 @@ def test_fp16_kernels_load_half_precision(fake_plugins, monkeypatch):
         out = trtp.REGISTRY[f"fastmlr::{op}"]["register"](*descs)
         _, code, _, _ = trtp.REGISTRY[f"fastmlr::{op}"]["aot_impl"](*descs, (out,), 0)
         ptx = code.decode()
-        assert "cvt.f32.f16" in ptx, op  # fp16 loads, upcast: fp32 arithmetic
-        assert "cvt.rn.f16.f32" in ptx, op  # the output rounded to fp16
+        assert "cvt.f32.f16" in ptx, op  # fp16 loads, upcast (exact): fp32 arithmetic
+        # The output rounded to fp16, to nearest: every narrowing conversion, scalar (cvt.rn.f16.f32) or
+        # packed two at a time (cvt.rn.f16x2.f32, Triton >= 3.6), whatever the spelling.
+        modes = f32_to_f16_rounding(ptx)
+        assert modes and set(modes) == {"rn"}, (op, modes)
+
+
+# PTX ISA, "cvt": a float-to-float narrowing conversion names its rounding (.rn .rz .rm .rp, .rna and .rs for
+# some packed forms); optional .ftz/.sat/.satfinite/.relu modifiers may sit around it.
+_CVT_TO_F16 = re.compile(r"\bcvt((?:\.[a-z0-9]+)*?)\.f16(?:x2)?\.f32\b")
+_ROUNDING = {"rn", "rz", "rm", "rp", "rna", "rs"}
+
+
+def f32_to_f16_rounding(ptx: str) -> list[str]:
+    """The rounding mode of each f32 -> f16 conversion in ``ptx`` ("none" where it names none)."""
+    modes = []
+    for m in _CVT_TO_F16.finditer(ptx):
+        found = [w for w in m.group(1).split(".") if w in _ROUNDING]
+        modes.append(found[0] if found else "none")
+    return modes
+
+
+def test_f32_to_f16_rounding_reads_every_spelling():
+    ptx = """
+    cvt.rn.f16.f32 %rs1, %f1;
+    cvt.rn.f16x2.f32 %r7, %f3, %f2;
+    cvt.rz.ftz.f16.f32 %rs2, %f4;
+    cvt.rn.satfinite.relu.f16x2.f32 %r8, %f6, %f5;
+    cvt.f32.f16 %f9, %rs3;
+    cvt.rn.bf16.f32 %rs4, %f7;
+    cvt.rni.f32.f32 %f8, %f8;
+    """
+    assert f32_to_f16_rounding(ptx) == ["rn", "rn", "rz", "rn"]
 
 
 def _interpreting() -> bool:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from .cells import fused_backend, run_cell, run_cell_isolated, run_group, run_train_cell
 from .cli import build_parser, main, resolve_config, run
-from .measure import (
+from ..measure import (
     CallTimer,
     MemoryMeter,
     interleaved_times,

@@ -3,7 +3,7 @@
 Two ways a cell is measured:
 
 - :func:`run_group`: every model of one runtime, prepared in one process and
-  timed interleaved (:func:`fastmlr.bench.measure.interleaved_times`). The
+  timed interleaved (:func:`fastmlr.measure.interleaved_times`). The
   latency columns and the overhead over ``baseline`` come from here, so the
   models being compared share the same moments of machine load.
 - :func:`run_cell`: one model alone, for its memory (in a fresh process,
@@ -29,7 +29,7 @@ import warnings
 
 import torch
 
-from .measure import CallTimer, MemoryMeter, interleaved_times, summarize, time_calls
+from ..measure import CallTimer, MemoryMeter, interleaved_times, summarize, time_calls
 from .runtimes import RUNTIMES, SkipCell
 
 

@@ -21,7 +21,7 @@ from .cells import (
     run_group_isolated,
     run_train_cell,
 )
-from .measure import CLOCKS
+from ..measure import CLOCKS
 from .report import PAPER_MS, PAPER_ONLY_MS, add_overheads, format_markdown, plot, uncertain_overheads
 from .runtimes import RUNTIMES
 

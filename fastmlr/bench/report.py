@@ -7,7 +7,7 @@ the paper's RTX 3070 latencies in a panel of their own, and the overheads
 
 from __future__ import annotations
 
-from .measure import CLOCKS, LEVEL, overhead, overhead_interval
+from ..measure import CLOCKS, LEVEL, overhead, overhead_interval
 
 # Paper table 3: ms per image, ResNet-101, 448 x 448, RTX 3070, PyTorch.
 PAPER_MS = {

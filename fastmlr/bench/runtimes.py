@@ -158,21 +158,25 @@ class OnnxRT(Runtime):
 
 class AOTI(Runtime):
     name, label = "aoti", "AOTInductor fp32"
-    devices = ("cpu",)
     timed = "the AOTInductor package's call on the prepared images (runner.run): logits and probs"
 
     def why_not(self, device):
-        if device.type != "cpu":
-            return "fastmlr.deploy.aoti.export_aoti compiles for the CPU only; a GPU package is not built by it"
+        r = super().why_not(device)
+        if r:
+            return r
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return f"{self.label} on CUDA needs a CUDA GPU; none is present"
         if not _have_cxx():
             return "AOTInductor needs a C++ compiler (c++/g++ not on PATH)"
         return None
 
     def prepare(self, model, ctx):
         export_aoti = _deploy("aoti", "export_aoti")
-        path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti.pt2")
-        export_aoti(model.cpu(), path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]))
-        runner = _load_runner(path, device="cpu")
+        dev = ctx["device"].type
+        path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti-{dev}.pt2")
+        # Compiled for the bench's device: CUDA kernels on a GPU, C++ on the CPU.
+        export_aoti(model, path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]), device=dev)
+        runner = _load_runner(path, device=dev)
         # Which fused ops the package holds (fastmlr's kernels by default where fastmlr._C is built).
         ctx["provider"] = f"{runner.provider}, {runner.sidecar.get('aoti_ops', 'reference')} ops"
         return runner.run

@@ -1,4 +1,5 @@
-"""AOTInductor: a ``.pt2`` package compiled ahead of time for the CPU, loadable from Python and C++, and its check.
+"""AOTInductor: a ``.pt2`` package compiled ahead of time for the CPU or a CUDA GPU, loadable from Python and C++,
+and its check.
 
 Which implementation of fastmlr's fused ops goes into the package (``aoti_ops``,
 recorded in the sidecar): "cpp" keeps them as calls of the ``fastmlr::`` custom
@@ -26,17 +27,28 @@ from .verify import TOLERANCE, max_abs_diff, torch_probs
 AOTI_OPS = ("cpp", "reference")
 
 
-def cpp_ops_unavailable() -> str | None:
-    """None where fastmlr's compiled ops (``fastmlr._C``) load, else why not."""
-    for row in ops.backend_status("cpu"):
+AOTI_DEVICES = ("cpu", "cuda")
+
+
+def cpp_ops_unavailable(device: str = "cpu") -> str | None:
+    """None where fastmlr's compiled ops (``fastmlr._C``) run on ``device``, else why not."""
+    for row in ops.backend_status(device):
         if row.name == "cpp":
             return None if row.runs else row.reason
     return "the cpp backend is unknown to fastmlr.ops"
 
 
-def default_aoti_ops() -> str:
-    """"cpp" where ``fastmlr._C`` is built, else "reference"."""
-    return "cpp" if cpp_ops_unavailable() is None else "reference"
+def default_aoti_ops(device: str = "cpu") -> str:
+    """"cpp" where ``fastmlr._C`` is built (with its CUDA kernels, for ``device`` "cuda"), else "reference"."""
+    return "cpp" if cpp_ops_unavailable(device) is None else "reference"
+
+
+def check_device(device: str) -> None:
+    """ValueError unless ``device`` is one AOTInductor compiles for here."""
+    if device not in AOTI_DEVICES:
+        raise ValueError(f"AOTInductor compiles for one of {', '.join(AOTI_DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("AOTInductor for device cuda needs a CUDA GPU: torch sees none here")
 
 
 def graph_custom_ops(ep) -> list[str]:
@@ -50,8 +62,12 @@ def graph_custom_ops(ep) -> list[str]:
     return sorted(names)
 
 
-def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batch: int = 1, max_batch: int = 16):
+def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batch: int = 1, max_batch: int = 16,
+                   device: str = "cpu"):
     """``torch.export`` of the model's inference graph with its fused ops on ``aoti_ops``; returns (program, ops used).
+
+    The model and the example images are on ``device`` (the model is moved there), so the program is
+    traced, and later compiled, for it.
 
     "cpp" keeps the ops that fastmlr's compiled kernels implement; a model whose
     ops they do not all implement (AAMN's, MMDSR's) is traced on "reference",
@@ -60,11 +76,12 @@ def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batc
     if aoti_ops not in AOTI_OPS:
         raise ValueError(f"--aoti-ops must be one of {', '.join(AOTI_OPS)}, got {aoti_ops!r}")
     if aoti_ops == "cpp":
-        why = cpp_ops_unavailable()
+        why = cpp_ops_unavailable(device)
         if why is not None:
             raise ValueError(f"--aoti-ops cpp needs fastmlr's compiled ops (fastmlr._C): {why}; "
                              "build it, or use --aoti-ops reference")
-    x = example_images(image_size, 2)
+    model = model.to(device)
+    x = example_images(image_size, 2).to(device)
     dyn = {INPUT_NAME: {0: batch_dim(min_batch, max_batch)}}
     graph = InferenceGraph(model, fp16=False).eval()
     try:
@@ -81,7 +98,7 @@ def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batc
 
 
 def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int = 16, sidecar: dict | None = None,
-                min_batch: int = 1, aoti_ops: str | None = None) -> str:
+                min_batch: int = 1, aoti_ops: str | None = None, device: str = "cpu") -> str:
     """Compile ``model`` ahead of time with AOTInductor into a ``.pt2`` package at ``path``; returns ``path``.
 
     Same I/O as the ONNX graph (``images`` -> ``logits``, ``probs``), dynamic
@@ -89,17 +106,20 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     (``torch._inductor.aoti_load_package``, :func:`fastmlr.runtime.load`) and C++
     (``torch::inductor::AOTIModelPackageLoader``, export/cpp). ``aoti_ops``:
     the fused ops' implementation in the package (module docstring); None is
-    :func:`default_aoti_ops`. The sidecar records it as ``"aoti_ops"`` and the
-    ``fastmlr::`` ops called as ``"custom_ops"``.
+    :func:`default_aoti_ops`. ``device``: "cpu" or "cuda", what the package is
+    compiled for and runs on (the model is moved there). The sidecar records
+    them as ``"aoti_ops"``, ``"device"``, and the ``fastmlr::`` ops called as
+    ``"custom_ops"``.
     """
     from torch._inductor import aoti_compile_and_package
 
     check_batch_range(min_batch, min_batch, max_batch)
+    check_device(device)
     if not str(path).endswith(".pt2"):
         raise ValueError(f"--aoti: the package path must end in .pt2, got {path!r}")
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
-    ep, used = export_program(model, image_size, aoti_ops=aoti_ops or default_aoti_ops(), min_batch=min_batch,
-                              max_batch=max_batch)
+    ep, used = export_program(model, image_size, aoti_ops=aoti_ops or default_aoti_ops(device), min_batch=min_batch,
+                              max_batch=max_batch, device=device)
     custom = graph_custom_ops(ep)
     check_replaceable(path, "--aoti")
     remove_stale_temps(path)
@@ -114,7 +134,7 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     write_sidecar(path, side, artifact={"format": "aoti"}, precision="fp32", backend=used, aoti_ops=used,
                   custom_ops=custom,
                   batch={"min": min_batch, "opt": min_batch, "max": max_batch},
-                  device="cpu", outputs_order=list(OUTPUT_NAMES))
+                  device=device, outputs_order=list(OUTPUT_NAMES))
     return path
 
 
@@ -129,11 +149,12 @@ def verify_aoti(path: str, model: nn.Module, image_size: int, *, real=None, max_
     with torch.no_grad():
         for name, x in sets.items():
             logits, probs = runner(x)
-            diffs[name] = max_abs_diff(probs, torch_probs(model, x))
+            dev = next(model.parameters()).device  # a CUDA package's model was moved to the GPU by its export
+            diffs[name] = max_abs_diff(probs, torch_probs(model, x.to(dev)))
     rep["max_abs_diff"] = diffs
     rep["ok"] = all(d <= rep["tolerance"] for d in diffs.values())
     return rep
 
 
-__all__ = ["AOTI_OPS", "export_aoti", "verify_aoti", "export_program", "default_aoti_ops", "cpp_ops_unavailable",
+__all__ = ["AOTI_OPS", "AOTI_DEVICES", "check_device", "export_aoti", "verify_aoti", "export_program", "default_aoti_ops", "cpp_ops_unavailable",
            "graph_custom_ops", "package_custom_ops"]

@@ -7,8 +7,6 @@ raises on a mismatch, it reports it.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn as nn
 
@@ -51,15 +49,11 @@ def torch_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def measure_latency(fn, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn(x)`` in milliseconds, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
+    """Median time of ``fn(x)`` in milliseconds, after ``warmup`` calls (the bench's timer: wall clock on the
+    CPU, CUDA events when ``x`` is on a GPU)."""
+    from ..measure import percentile, time_calls
+
+    return 1000 * percentile(time_calls(fn, x, repeats, warmup, x.device), 50)
 
 
 __all__ = ["TOLERANCE", "FP16_MAP_POINTS", "real_images", "max_abs_diff", "torch_probs", "measure_latency"]
