@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from .checkpoint import atomic_write_bytes, checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
-from .engine import UsageError, backend_flag, resolve_device, run_command
+from .engine import UsageError, backend_flag, check_image_size, resolve_device, run_command
 from .thresholds import check_thresholds
 
 DEFAULT_THRESHOLD = 0.5
@@ -129,8 +129,7 @@ def choose_thresholds(args, ckpt: dict) -> tuple[list[float], str]:
 
 
 def predict(args) -> list[dict]:
-    if args.image_size is not None and args.image_size < 1:
-        raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
+    check_image_size(args.image_size)
     device = resolve_device(args.device)
     with backend_flag(args.backend):
         return _predict(args, device)

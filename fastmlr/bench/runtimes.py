@@ -28,6 +28,17 @@ def _deploy(module: str, name: str):
         raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
 
 
+def _export(model, ctx, **plan):
+    """The artefacts of one column through the export pipeline (fastmlr.deploy.pipeline), unchecked and quiet."""
+    pipeline = importlib.import_module("fastmlr.deploy.pipeline")
+    make_sidecar = _deploy("contract", "make_sidecar")
+    bs, size = ctx["batch_sizes"], ctx["image_size"]
+    model = model.cpu()
+    return pipeline.export_artefacts(
+        pipeline.ExportPlan(model, size, make_sidecar(model, size), min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                            verify=False, **plan), say=lambda line: None)
+
+
 def _load_runner(path: str, **kw):
     from .. import runtime
 
@@ -144,11 +155,8 @@ class OnnxRT(Runtime):
         return None
 
     def prepare(self, model, ctx):
-        export_onnx = _deploy("onnx", "export_onnx")
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}.onnx")
-        bs = ctx["batch_sizes"]
-        export_onnx(model.cpu(), path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=self.fp16, onnx_ops=self.onnx_ops)
+        _export(model, ctx, **{"onnx16" if self.fp16 else "onnx32": path}, fp16_search=False, onnx_ops=self.onnx_ops)
         opts = {"threads": ctx["threads"]} if ctx.get("threads") else {}
         runner = _load_runner(path, device=ctx["device"].type, **opts)
         ctx["provider"] = runner.provider
@@ -169,9 +177,8 @@ class AOTI(Runtime):
         return None
 
     def prepare(self, model, ctx):
-        export_aoti = _deploy("aoti", "export_aoti")
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti.pt2")
-        export_aoti(model.cpu(), path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]))
+        _export(model, ctx, aoti=path)
         runner = _load_runner(path, device="cpu")
         # Which fused ops the package holds (fastmlr's kernels by default where fastmlr._C is built).
         ctx["provider"] = f"{runner.provider}, {runner.sidecar.get('aoti_ops', 'reference')} ops"
@@ -202,14 +209,11 @@ class TensorRTFP16(Runtime):
     onnx_ops = "standard"
 
     def prepare(self, model, ctx):
-        export_onnx = _deploy("onnx", "export_onnx")
-        build_trt_engine = _deploy("trt", "build_trt_engine")
-        bs = ctx["batch_sizes"]
         stem = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}")
-        export_onnx(model.cpu(), stem + ".onnx", ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=True, onnx_ops=self.onnx_ops)
-        build_trt_engine(stem + ".onnx", stem + ".engine", min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
+        res = _export(model, ctx, onnx16=stem + ".fp16.onnx", trt=stem + ".engine", fp16_search=False,
+                      trt_op_set=self.onnx_ops, timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"))
+        if res.trt_error is not None:
+            raise SkipCell(f"TensorRT engine not built: {res.trt_error}")
         runner = _load_runner(stem + ".engine", device="cuda")
         ctx["provider"] = runner.provider
         return runner.run
