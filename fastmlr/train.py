@@ -45,6 +45,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import build_dataset, collate_skip
+from .data.checks import check_dataset
 from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, multilabel_metrics
 from .models import create_model
@@ -105,6 +106,7 @@ def _datasets(args):
     for ds, what, split, where in ((train, "training", tsplit, root), (val, "validation", vsplit, vroot)):
         if len(ds) == 0:  # found now, not after a whole training epoch
             raise UsageError(f"the {what} data (--data {args.data}, split {split!r}, {where or 'built in'}) holds no images")
+        check_dataset(ds, what, f"--data {args.data}, split {split!r}, {where}")  # readable, one label set per image
     return train, val
 
 

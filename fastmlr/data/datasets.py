@@ -227,6 +227,8 @@ class COCODataset(ImageListDataset):
             labels[ann["image_id"]].add(col[ann["category_id"]])
         image_dir = os.path.join(self.root, f"{split}{year}")
         for im in images:
+            if not isinstance(im.get("file_name"), str):
+                raise ValueError(f"image {im.get('id')} in {ann_path!r} has no 'file_name' string")
             target = torch.zeros(len(self.classes))
             target[sorted(labels[im["id"]])] = 1.0
             ignore = torch.zeros(len(self.classes), dtype=torch.bool)
