@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from .checkpoint import atomic_write_bytes, checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
+from .data.transforms import check_regular_file
 from .engine import UsageError, backend_flag, check_image_size, resolve_device, run_command
 from .thresholds import check_thresholds
 
@@ -85,10 +86,13 @@ def thresholds_from_file(path: str, class_names: list[str]) -> list[float]:
     """The per-class thresholds a --thresholds file holds, checked against the model's classes."""
     flag = f"--thresholds {path}"
     try:
+        check_regular_file(path)  # a FIFO would block the reader
         with open(path) as fh:
             data = json.load(fh)
     except FileNotFoundError:
         raise UsageError(f"{flag}: no such file") from None
+    except RecursionError:
+        raise UsageError(f"{flag}: its JSON nests too deep") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{flag}: cannot be read as JSON ({e})") from None
     if isinstance(data, dict):

@@ -63,6 +63,7 @@ def env(tmp_path_factory):
     assert run_main(train, targs(e, root / "run")) == 0
     e.ckpt = root / "run" / "last.pt"
     os.mkfifo(root / "fifo.png")
+    (root / "deep.json").write_text("[" * 100000)
     return e
 
 
@@ -115,6 +116,17 @@ CASES = {
                                                        "--image-size", 100000], ["--image-size 100000", "<= 4096"]),
     "predict-fifo": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "fifo.png"],
                      ["fifo.png", "FIFO"]),
+    "predict-fifo-checkpoint": (predict, lambda e, t: ["--checkpoint", e.root / "fifo.png", "--device", "cpu",
+                                                       e.root / "a.png"], ["fifo.png", "not a regular file"]),
+    "predict-fifo-thresholds": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "a.png",
+                                                       "--thresholds", e.root / "fifo.png"], ["--thresholds", "FIFO"]),
+    "predict-deep-thresholds": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "a.png",
+                                                       "--thresholds", e.root / "deep.json"], ["--thresholds",
+                                                                                              "nests too deep"]),
+    "export-fifo-checkpoint": (export, lambda e, t: exp(e, e.root / "fifo.png", "--onnx", t / "m.onnx"),
+                               ["fifo.png", "not a regular file"]),
+    "train-weights-text": (train, lambda e, t: targs(e, t / "o", "--weights", e.root / "classes.txt"),
+                           ["classes.txt", "not a torch state dict"]),
     "train-voc-no-jpeg": (train, lambda e, t: targs(e, t / "o", "--data", "voc", "--data-root", e.root / "voc_nojpeg"),
                           ["training data", "none of its 8 images exists", "000000.jpg"]),
     "train-list-missing": (train, lambda e, t: targs(e, t / "o", *lst(e, "missing.jsonl")),
@@ -325,3 +337,21 @@ def test_sigint_during_training_is_one_line_and_status_130(env, tmp_path):
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "interrupted" in lines[0]
     assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_disk_full_during_an_aoti_export_is_one_line_not_an_abort(env, tmp_path, monkeypatch, capsys):
+    """torch's package writer aborts the process on a full disk; the package is staged and copied by Python."""
+    with small_filesystem(tmp_path / "fs", size="2m") as mounted:
+        if not mounted:
+            _inject_enospc(monkeypatch)
+        (tmp_path / "fs" / "m.pt2").write_bytes(b"the earlier package")
+        rc = run_main(export, ["--checkpoint", env.ckpt, "--no-verify", "--aoti", tmp_path / "fs" / "m.pt2",
+                               "--aoti-ops", "reference"])
+        monkeypatch.undo()
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err, err
+        line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(line) == 1 and "no space left on the device" in line[0] and "m.pt2" in line[0], err
+        assert (tmp_path / "fs" / "m.pt2").read_bytes() == b"the earlier package"
+        assert os.listdir(tmp_path / "fs") == ["m.pt2"]
