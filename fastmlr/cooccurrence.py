@@ -115,9 +115,10 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from .data import build_dataset
-    from .files import check_replaceable
+    from .files import check_distinct, check_replaceable
 
     check_replaceable(args.out, "--out")  # before the counting: a folder or a read-only file is refused now
+    check_distinct([(args.out, "--out")], [(args.data_root, "--data-root"), (args.classes_file, "--classes-file")])
     kw = {}
     if args.data in ("mosaics", "scenes"):
         kw = dict(num_images=args.train_size, seed=args.seed)

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from .checkpoint import atomic_write_bytes, checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
 from .data.transforms import check_regular_file
+from .files import check_distinct
 from .engine import UsageError, backend_flag, check_image_size, resolve_device, run_command
 from .thresholds import check_thresholds
 
@@ -134,6 +135,10 @@ def choose_thresholds(args, ckpt: dict) -> tuple[list[float], str]:
 
 def predict(args) -> list[dict]:
     check_image_size(args.image_size)
+    if args.attention_maps:  # the picture never replaces an input (an image, the checkpoint)
+        check_distinct([(args.attention_maps, "--attention-maps")],
+                       [(args.checkpoint, "--checkpoint"), (args.thresholds, "--thresholds"),
+                        *[(p, "image") for p in args.images]])
     device = resolve_device(args.device)
     with backend_flag(args.backend):
         return _predict(args, device)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from fakes import fmnist_root
-from fastmlr import cooccurrence, export, predict, train
+from fastmlr import cooccurrence, evaluate, export, predict, train
 from fastmlr.runlock import LOCK_NAME, run_lock
 from test_cli_errors import run_main, targs
 
@@ -127,6 +127,21 @@ CASES = {
                                ["fifo.png", "not a regular file"]),
     "train-weights-text": (train, lambda e, t: targs(e, t / "o", "--weights", e.root / "classes.txt"),
                            ["classes.txt", "not a torch state dict"]),
+    "export-batch-huge": (export, lambda e, t: exp(e, e.ckpt, "--onnx", t / "b.onnx", "--opt-batch", 100000,
+                                                   "--max-batch", 100000), ["--max-batch <= 1024", "100000"]),
+    "evaluate-json-onto-its-checkpoint": (evaluate, lambda e, t: ["--checkpoint", victim(e, t), "--data", "mosaics",
+                                                                  "--data-root", e.fm, "--num-images", 8, "--workers",
+                                                                  0, "--no-progress", "--device", "cpu", "--json",
+                                                                  t / "victim.pt"], ["--json", "--checkpoint",
+                                                                                     "overwritten"]),
+    "predict-maps-onto-its-image": (predict, lambda e, t: (shutil.copy(e.root / "a.png", t / "in.png"),
+                                                           ["--checkpoint", e.ckpt, "--device", "cpu", t / "in.png",
+                                                            "--attention-maps", t / "in.png"])[1],
+                                    ["--attention-maps", "in.png", "image", "overwritten"]),
+    "cooccurrence-onto-its-classes-file": (cooccurrence, lambda e, t: (
+        shutil.copy(e.root / "classes.txt", t / "c.txt"),
+        ["--data", "list", "--data-root", e.root / "good.jsonl", "--classes-file", t / "c.txt", "--out", t / "c.txt",
+         "--cache-dir", ""])[1], ["--out", "c.txt", "--classes-file"]),
     "train-voc-no-jpeg": (train, lambda e, t: targs(e, t / "o", "--data", "voc", "--data-root", e.root / "voc_nojpeg"),
                           ["training data", "none of its 8 images exists", "000000.jpg"]),
     "train-list-missing": (train, lambda e, t: targs(e, t / "o", *lst(e, "missing.jsonl")),
