@@ -127,8 +127,9 @@ def plan_from_args(args, model, size: int, side: dict, real) -> ExportPlan:
                       real=real, validate_mosaics=args.validate_mosaics,
                       inputs=[(args.checkpoint, "--checkpoint")] + [(p, "--verify-images") for p in
                                                                     args.verify_images or []])
-    stem = plan.stem()
-    if args.onnx or args.triton_repo or args.validate_mosaics:
+    plan.onnx32 = args.onnx
+    stem = plan.stem()  # from --onnx, else --trt, else the Triton repository
+    if args.triton_repo or args.validate_mosaics:
         plan.onnx32 = args.onnx or stem + ".onnx"
     if args.fp16 or args.trt:
         plan.onnx16 = stem + ".fp16.onnx"

@@ -417,6 +417,8 @@ def test_huge_headers_nan_and_bad_flags_are_one_line(build, artefact, tmp_path):
         "npy header of 1.2e9 values": ([artefact, str(npy)], 1, ["huge.npy", "more values than the file holds"]),
         "NaN pixels": ([artefact, _npy(tmp_path / "nan.npy", nan)], 1, ["NaN"]),
         "--top abc": ([artefact, "--top", "abc", str(npy)], 2, ["--top", "'abc'"]),
+        "--decode onto its input": (["--decode", str(ppm), str(tmp_path / "." / "huge.ppm")], 1,
+                                    ["huge.ppm", "would be overwritten"]),
         "--device cuda:99999999999": ([artefact, "--device", "cuda:99999999999", str(npy)], 2, ["--device"]),
     }
     for case, (argv, code, words) in cases.items():

@@ -25,7 +25,6 @@ from PIL import Image
 
 from fakes import fmnist_root
 from fastmlr import cooccurrence, evaluate, export, predict, train
-from fastmlr.runlock import LOCK_NAME, run_lock
 from test_cli_errors import run_main, targs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,6 +209,8 @@ def test_repeated_entries_with_the_same_labels_are_reported(env, tmp_path, capsy
 
 # -- the run folder's lock ------------------------------------------------------------------------------------
 def test_a_second_training_into_a_locked_folder_is_refused(env, tmp_path, capsys):
+    from fastmlr.runlock import LOCK_NAME, run_lock
+
     out = tmp_path / "o"
     with run_lock(str(out)) as lock:
         holder = json.load(open(lock))
@@ -224,6 +225,8 @@ def test_a_second_training_into_a_locked_folder_is_refused(env, tmp_path, capsys
 
 
 def test_the_lock_of_a_dead_process_is_taken_over_in_one_line(env, tmp_path, capsys):
+    from fastmlr.runlock import LOCK_NAME
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "o"
@@ -333,6 +336,8 @@ def test_disk_full_during_export_is_one_line(env, tmp_path, monkeypatch, capsys)
 
 
 def test_sigint_during_training_is_one_line_and_status_130(env, tmp_path):
+    from fastmlr.runlock import LOCK_NAME
+
     out = tmp_path / "o"
     argv = [str(a) for a in targs(env, out, "--epochs", "1000", "--train-size", "64") if a != "--quiet"]
     envv = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}

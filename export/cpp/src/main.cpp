@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -131,6 +132,9 @@ int serve(fastmlr::Classifier& clf) {
 }
 
 int decode(const std::string& in, const std::string& out) {
+  std::error_code ec;
+  if (std::filesystem::equivalent(in, out, ec))  // false (with ec set) when OUT does not exist yet
+    throw std::runtime_error("--decode " + in + " " + out + ": the output is the input image; it would be overwritten");
   const fastmlr::Image img = fastmlr::read_image(in);
   const std::string tmp = out + ".tmp";
   {
