@@ -31,9 +31,10 @@ class RunLocked(UsageError):
 def _holder(fh) -> dict:
     fh.seek(0)
     try:
-        return json.loads(fh.read() or "{}")
-    except ValueError:
+        holder = json.loads(fh.read(4096) or "{}")
+    except (ValueError, RecursionError):
         return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _describe(h: dict) -> str:

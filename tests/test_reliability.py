@@ -63,6 +63,7 @@ def env(tmp_path_factory):
     e.ckpt = root / "run" / "last.pt"
     os.mkfifo(root / "fifo.png")
     (root / "deep.json").write_text("[" * 100000)
+    (root / "deep.jsonl").write_text(json.dumps({"image": "a.png", "labels": ["cat"]}) + "\n" + "[" * 100000 + "\n")
     return e
 
 
@@ -141,6 +142,8 @@ CASES = {
         shutil.copy(e.root / "classes.txt", t / "c.txt"),
         ["--data", "list", "--data-root", e.root / "good.jsonl", "--classes-file", t / "c.txt", "--out", t / "c.txt",
          "--cache-dir", ""])[1], ["--out", "c.txt", "--classes-file"]),
+    "train-list-deep-json": (train, lambda e, t: targs(e, t / "o", *lst(e, "deep.jsonl")),
+                             ["deep.jsonl:2", "nests too deep"]),
     "train-voc-no-jpeg": (train, lambda e, t: targs(e, t / "o", "--data", "voc", "--data-root", e.root / "voc_nojpeg"),
                           ["training data", "none of its 8 images exists", "000000.jpg"]),
     "train-list-missing": (train, lambda e, t: targs(e, t / "o", *lst(e, "missing.jsonl")),

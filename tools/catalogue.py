@@ -1,6 +1,6 @@
 """Run the reliability catalogue's command cases as a user would, each in its own process, and count the outcomes.
 
-    python tools/catalogue.py [--tree DIR] [--timeout S] [--only SUBSTRING]
+    python tools/catalogue.py [--tree DIR] [--timeout S] [--only SUBSTRING] [--tables reliability,cli]
 
 The cases are the tables of tests/test_reliability.py and tests/test_cli_errors.py (``CASES``); the
 fixtures are built once with the tree under test (``--tree``, default this checkout: run it with another
@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--tree", default=HERE, help="the checkout whose fastmlr is tried (default: this one)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a case counts as a hang")
     p.add_argument("--only", default="", help="run the cases whose id holds this")
+    p.add_argument("--tables", default="reliability", help="reliability (issue 22's catalogue), cli (the earlier "
+                   "one), or both: reliability,cli")
     args = p.parse_args(argv)
     tree = os.path.abspath(args.tree)
     sys.path[:0] = [tree, os.path.join(HERE, "tests")]
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
 
     fac = _Factory()
     envs = {"reliability": rel.env._get_wrapped_function()(fac), "cli": cli.env._get_wrapped_function()(fac)}
-    tables = [("reliability", rel.CASES), ("cli", cli.CASES)]
+    tables = [(n, t) for n, t in (("reliability", rel.CASES), ("cli", cli.CASES)) if n in args.tables.split(",")]
     counts, rows = collections.Counter(), []
     for name, table in tables:
         for case, (mod, make_argv, needles) in table.items():

@@ -30,8 +30,9 @@ def _deploy(module: str, name: str):
 
 def _export(model, ctx, **plan):
     """The artefacts of one column through the export pipeline (fastmlr.deploy.pipeline), unchecked and quiet."""
-    pipeline = importlib.import_module("fastmlr.deploy.pipeline")
-    make_sidecar = _deploy("contract", "make_sidecar")
+    from ..deploy import pipeline  # a plain import: the bench depends on the export pipeline, visibly
+    from ..deploy.contract import make_sidecar
+
     bs, size = ctx["batch_sizes"], ctx["image_size"]
     model = model.cpu()
     return pipeline.export_artefacts(

@@ -197,6 +197,8 @@ class COCODataset(ImageListDataset):
                 data = json.load(f)
             categories = sorted(data["categories"], key=lambda c: c["id"])
             images = sorted(data["images"], key=lambda im: im["id"])
+        except RecursionError:
+            raise ValueError(f"malformed COCO annotation file {ann_path!r}: its JSON nests too deep") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"malformed COCO annotation file {ann_path!r}: {type(e).__name__}: {e}") from None
         annotations = data.get("annotations")
@@ -290,6 +292,8 @@ class ListDataset(ImageListDataset):
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+                except RecursionError:
+                    raise ValueError(f"{where}: its JSON nests too deep") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
                     raise ValueError(f'{where}: expected an object with a string "image" field, found {line.strip()!r}')
                 names = {}
