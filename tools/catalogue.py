@@ -93,7 +93,7 @@ def main(argv=None) -> int:
             before = {k: v for d in watched for k, v in _snapshot(d).items()}
             cmd = [sys.executable, "-m", mod.__name__, *argv_]
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=tmp,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
                 rc, err = r.returncode, r.stderr
             except subprocess.TimeoutExpired:

@@ -392,7 +392,8 @@ Sidecar read_sidecar(const std::string& path) {
     if (n.kind != Json::String) throw std::runtime_error(path + ": class_names must hold strings");
     s.class_names.push_back(n.str);
   }
-  s.image_size = static_cast<int>(field(root, "image_size", Json::Number, path).num);
+  const double size = field(root, "image_size", Json::Number, path).num;  // bounded before the cast (1e999 is inf)
+  s.image_size = size >= 1 && size <= kMaxImageSize ? static_cast<int>(size) : 0;
   const Json& mean = field(root, "mean", Json::Array, path);
   const Json& stdv = field(root, "std", Json::Array, path);
   if (mean.items.size() != 3 || stdv.items.size() != 3)
@@ -422,7 +423,11 @@ Sidecar read_sidecar(const std::string& path) {
   auto b = root.fields.find("batch");
   if (b != root.fields.end() && b->second.kind == Json::Object) {
     auto m = b->second.fields.find("max");
-    if (m != b->second.fields.end() && m->second.kind == Json::Number) s.max_batch = static_cast<int>(m->second.num);
+    if (m != b->second.fields.end() && m->second.kind == Json::Number) {
+      if (!(m->second.num >= 1 && m->second.num <= 1 << 20))
+        throw std::runtime_error(path + ": \"batch\" \"max\" must be a number from 1 to " + std::to_string(1 << 20));
+      s.max_batch = static_cast<int>(m->second.num);
+    }
   }
   if (s.image_size < 1 || s.image_size > kMaxImageSize || s.class_names.empty())
     throw std::runtime_error(path + ": empty class_names or image_size outside 1 .. " + std::to_string(kMaxImageSize));
