@@ -14,7 +14,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0+PTX
 export MAX_JOBS ?= 2
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: all setup test test-fast demo bench bench-ops clean data gpu-check
+.PHONY: all setup test test-fast demo bench bench-ops clean data gpu-check catalogue
 
 all: setup
 
@@ -59,6 +59,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m fastmlr.bench
+
+# The reliability catalogue's command cases, each in its own process, counted by outcome (clean, unclear,
+# traceback, crash, hang, data lost, silently wrong); CATALOGUE_TREE=/other/checkout measures that one.
+CATALOGUE_TREE ?= .
+catalogue: setup
+	$(BIN)/python tools/catalogue.py --tree "$(CATALOGUE_TREE)" --tables reliability,cli
 
 # The op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
 bench-ops: setup
