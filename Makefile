@@ -48,7 +48,7 @@ HOST_DESELECT ?= tests/test_train.py::test_resume_gives_the_same_result \
 	tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint \
 	tests/test_onnx_ops.py::test_standard_graph_is_tensorrt_only_and_its_memory_does_not_grow_with_c
 
-.PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check
+.PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check catalogue
 
 all: setup
 
@@ -118,6 +118,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m fastmlr.bench
+
+# The reliability catalogue's command cases, each in its own process, counted by outcome (clean, unclear,
+# traceback, crash, hang, data lost, silently wrong); CATALOGUE_TREE=/other/checkout measures that one.
+CATALOGUE_TREE ?= .
+catalogue: setup
+	$(BIN)/python tools/catalogue.py --tree "$(CATALOGUE_TREE)" --tables reliability,cli
 
 # The op benchmarks (pytest-benchmark): reference against each backend, time and peak memory.
 bench-ops: setup

@@ -83,6 +83,8 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if os.path.isdir(path):
         raise CheckpointMismatch(f"checkpoint {path} is a folder; expected a .pt file (for example {path}/last.pt)")
+    if not os.path.isfile(path):  # a FIFO or a device: reading it would block or never end
+        raise CheckpointMismatch(f"checkpoint {path} is not a regular file; expected a .pt file")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)

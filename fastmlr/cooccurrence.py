@@ -102,32 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p", type=float, default=0.2)
     p.add_argument("--out", required=True, help="output .pt file")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where counts are cached ('' for no cache)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(argv=None) -> int:
-    from .data import build_dataset
+    from .engine import run_command
 
     args = build_parser().parse_args(argv)
+    return run_command(lambda: run(args), debug=args.debug)
+
+
+def run(args) -> int:
+    from .data import build_dataset
+    from .files import check_distinct, check_replaceable
+
+    check_replaceable(args.out, "--out")  # before the counting: a folder or a read-only file is refused now
+    check_distinct([(args.out, "--out")], [(args.data_root, "--data-root"), (args.classes_file, "--classes-file")])
     kw = {}
     if args.data in ("mosaics", "scenes"):
         kw = dict(num_images=args.train_size, seed=args.seed)
     elif args.data == "list":
         kw = dict(classes_file=args.classes_file)
     split = args.split or ("trainval" if args.data == "voc" else "train")
-    try:
-        ds = build_dataset(args.data, args.data_root, split=split, image_size=32, train=False, **kw)
-        counts = dataset_cooccurrence(ds, args.cache_dir or None)
-        blob = correlation_file(counts, ds.classes, args.tau, args.p)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ds = build_dataset(args.data, args.data_root, split=split, image_size=32, train=False, **kw)
+    counts = dataset_cooccurrence(ds, args.cache_dir or None)
+    blob = correlation_file(counts, ds.classes, args.tau, args.p)
     blob["num_images"] = len(ds)
     atomic_write_bytes(args.out, lambda fh: torch.save(blob, fh))
     edges = int((blob["reweighted"] > 0).sum() - blob["reweighted"].shape[0])
     print(f"wrote {args.out}: {len(ds.classes)} classes, {len(ds)} images, {edges} edges at tau={args.tau}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 
 from .artifact.contract import make_sidecar
-from .deploy.aoti import export_aoti, verify_aoti
-from .deploy.fp16 import format_report as fp16_lines
-from .deploy.onnx import export_onnx, export_onnx_fp16, verify_onnx
+from .deploy.pipeline import ExportPlan, export_artefacts
 from .deploy.verify import measure_latency, real_images
-from .export import format_report
 
 
 def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None, batches=(1, 8),
@@ -38,23 +34,10 @@ def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None
     print(f"\n== deployment: exporting {checkpoint} ({size} px) to {out_dir}; thresholds: "
           + (f"per-class, {len(per_class)} from the checkpoint ==" if per_class else "0.5 for every class =="),
           flush=True)
-    reports = []
-    for kind, path in paths.items():
-        t0 = time.perf_counter()
-        if kind == "aoti":
-            export_aoti(model, path, size, max_batch=max_batch, sidecar=side)
-            reports.append(verify_aoti(path, model, size, real=real, max_batch=max_batch))
-        else:
-            fp16 = kind.endswith("fp16")
-            if fp16:
-                search = export_onnx_fp16(model, path, size, images=real, opt_batch=min(batches), max_batch=max_batch,
-                                          sidecar=side)
-                print("\n".join(fp16_lines(search)), flush=True)
-            else:
-                export_onnx(model, path, size, opt_batch=min(batches), max_batch=max_batch, sidecar=side)
-            reports.append(verify_onnx(path, model, size, fp16=fp16, real=real, max_batch=max_batch))
-        print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
-        print(format_report(reports[-1]), flush=True)
+    plan = ExportPlan(model, size, side, onnx32=paths["onnx fp32"], onnx16=paths["onnx fp16"], aoti=paths["aoti"],
+                      opt_batch=min(batches), max_batch=max_batch, real=real, inputs=[(checkpoint, "checkpoint")],
+                      flags={"onnx32": "onnx fp32", "onnx16": "onnx fp16", "aoti": "aoti"})
+    reports = export_artefacts(plan).reports
     fns = {"pytorch eager": lambda x: torch.sigmoid(model(x))}
     for kind, path in paths.items():
         fns[kind] = runtime.load(path).predict

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from .files import no_space_error
+
 
 class UsageError(SystemExit):
     """A flag, file or folder a command cannot work with; the message names it and what was expected.
@@ -53,18 +55,56 @@ def one_line(e: BaseException) -> str:
     return "; ".join(parts) or type(e).__name__
 
 
+def describe_error(e: BaseException) -> str:
+    """The one line a user error is answered with (a full disk says so and names the file)."""
+    full = no_space_error(e)
+    if full is not None:
+        where = f" writing {full.filename}" if full.filename else ""
+        return (f"no space left on the device{where} ({full.strerror or 'disk full'}); "
+                "the files already there are kept: free some space, or write elsewhere, and run again")
+    return one_line(e)
+
+
 def run_command(work: Callable[[], int], debug: bool = False, extra: tuple[type[BaseException], ...] = ()) -> int:
     """Run a command's work; a user error prints ``error: <one line>`` and returns 2 (``debug``: re-raised).
 
+    Every command's ``main`` ends here (train, evaluate, predict, export, bench, cooccurrence, demo).
     ``extra``: further exception types the command answers the same way (train: divergence).
+    A full disk is answered in one line naming the file, whatever raised it; Ctrl-C (SIGINT) in one
+    line and the conventional status 130.
     """
     try:
         return work()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted (SIGINT); files are written whole or not at all, so the last complete ones are "
+              "kept", file=sys.stderr)
+        return 130
     except (*user_errors(), *extra) as e:
         if debug:
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {describe_error(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if debug or no_space_error(e) is None:
+            raise
+        print(f"error: {describe_error(e)}", file=sys.stderr)
+        return 2
+
+
+# Image sides a command accepts: every backbone downsamples 32 times; above the maximum, one float32
+# batch of one image (3 x S x S) and the backbone's activations no longer fit an ordinary machine.
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_size(size: int | None, flag: str = "--image-size") -> None:
+    """Refuse an input side outside [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE] (None: the flag was left out)."""
+    if size is not None and not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        why = ("too small; the backbones downsample 32 times" if size < MIN_IMAGE_SIZE
+               else "too large: one image's activations would exhaust memory")
+        raise UsageError(f"{flag} {size}: {why}, expected >= {MIN_IMAGE_SIZE} and <= {MAX_IMAGE_SIZE} pixels")
 
 
 class DeviceUnavailable(ValueError):

@@ -31,7 +31,8 @@ from .checkpoint import (
     store_thresholds,
 )
 from .data import build_dataset, collate_skip
-from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
+from .engine import UsageError, backend_flag, check_image_size, predict_dataset, resolve_device, run_command
+from .files import check_distinct
 from .metrics import format_metrics_table, format_per_class_ap, multilabel_metrics
 from .thresholds import MIN_POSITIVES, fit_thresholds, per_class_f1
 
@@ -69,8 +70,10 @@ def evaluate(args, write: bool = True) -> dict:
     """Metrics of ``args.checkpoint`` on the data; ``write``: also write them to the JSON (``m["json"]``)."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
-    if args.image_size is not None and args.image_size < 1:
-        raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
+    check_image_size(args.image_size)
+    if args.json:  # the figures never replace an input (the checkpoint, a label list)
+        check_distinct([(args.json, "--json")], [(args.checkpoint, "--checkpoint"), (args.data_root, "--data-root"),
+                                                 (getattr(args, "classes_file", None), "--classes-file")])
     if not 0.0 < args.threshold < 1.0:
         raise UsageError(f"--threshold {args.threshold}: expected a probability in (0, 1)")
     if args.min_positives < 1:

@@ -9,16 +9,17 @@ checker (full check), the graph's op types against TensorRT's ONNX parser,
 and the largest probability difference from PyTorch on random and real
 images.
 
-This module is the command only: the builders and checks are in
-:mod:`fastmlr.deploy` (the artefact contract in :mod:`fastmlr.artifact.contract`).
+This module is the command only: it turns the flags into an export plan and runs
+:func:`fastmlr.deploy.pipeline.export_artefacts` (which the demo and the bench call too);
+the builders and checks are in :mod:`fastmlr.deploy` (the artefact contract in
+:mod:`fastmlr.artifact.contract`). Every output path is checked before the first file is
+written: none may be an input (``--checkpoint``, ``--verify-images``) or another output.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 import warnings
 
 import torch
@@ -28,16 +29,14 @@ from .artifact import probe
 from .artifact.contract import make_sidecar, sidecar_path
 from .artifact.probe import TRTUnavailable
 from .checkpoint import CheckpointMismatch
-from .deploy.aoti import AOTI_OPS, default_aoti_ops, export_aoti, verify_aoti
-from .deploy.fp16 import format_report as fp16_lines
+from .deploy.aoti import AOTI_OPS
 from .deploy.graph import check_batch_range
-from .deploy.onnx import DEFAULT_OPSET, export_onnx, export_onnx_fp16, fp16_map_check, verify_onnx
+from .deploy.onnx import DEFAULT_OPSET
 from .deploy.onnx_ops import DEFAULT_OP_SET, OP_SETS
-from .deploy.triton_repo import repo_files, write_triton_repo
-from .deploy.trt import RTX_DEFAULT_TARGETS, RTX_TARGETS, build_trt_engine, parse_targets, trtexec_command
-from .deploy.trt_plugins import plugins_available
-from .deploy.verify import FP16_MAP_POINTS, real_images
-from .files import check_targets, remove_stale_temps
+from .deploy.trt import RTX_DEFAULT_TARGETS, RTX_TARGETS, parse_targets
+from .deploy.pipeline import ExportPlan, check_plan, export_artefacts, format_report  # noqa: F401 (format_report: API)
+from .deploy.verify import real_images
+from .engine import check_image_size, run_command
 
 
 # -- the command --------------------------------------------------------------------------------------
@@ -88,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--validate-mosaics", type=int, default=0, metavar="N",
                    help="with --fp16: mAP of fp32 vs fp16 on N validation mosaics (10-class models)")
     o.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
+    o.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -117,30 +117,6 @@ def load_model(args) -> tuple[nn.Module, int]:
     return model.eval(), int(args.image_size or 448)
 
 
-def format_report(rep: dict) -> str:
-    lines = [f"  {rep['kind']}: {rep['artifact']}  -> {'OK' if rep['ok'] else 'FAILED'}"]
-    if "checker" in rep:
-        lines.append(f"    onnx.checker (full): {rep['checker']}; opset {rep['opset']}")
-        bad = rep["not_in_tensorrt"]
-        lines.append(f"    ops ({len(rep['ops'])}): {' '.join(rep['ops'])}")
-        ok = ("    all in TensorRT's ONNX parser set" if rep.get("onnx_ops") != "fused"
-              else "    op set fused: fastmlr nodes (TensorRT plugins), the rest in TensorRT's ONNX parser set")
-        lines.append(ok if not bad else f"    NOT supported by TensorRT: {bad}")
-    if "ort" in rep:
-        lines.append(f"    ONNX Runtime: {rep['ort']}")
-    if "max_abs_diff" in rep:
-        d = ", ".join(f"{k} {v:.2e}" for k, v in rep["max_abs_diff"].items())
-        lines.append(f"    max |p - p_torch|: {d} (tolerance {rep['tolerance']:.0e})")
-    if "torch_fp16_max_abs_diff" in rep:
-        d = ", ".join(f"{k} {v:.2e}" for k, v in rep["torch_fp16_max_abs_diff"].items())
-        lines.append(f"    for comparison, PyTorch's own fp16 forward vs fp32: {d}")
-    if "mAP" in rep:
-        m = rep["mAP"]
-        lines.append("    mAP on %d validation mosaics: %s; fp16 - fp32 = %+.3f points (limit %.1f)" % (
-            rep["images"], ", ".join(f"{k} {v:.2f}" for k, v in m.items()), rep["fp16_minus_fp32"], FP16_MAP_POINTS))
-    return "\n".join(lines)
-
-
 def threshold_note(model, per_class, args) -> str:
     """Which decision thresholds the sidecars carry, in words."""
     if per_class is not None:
@@ -153,64 +129,41 @@ def threshold_note(model, per_class, args) -> str:
     return f"{args.threshold:g} for every class ({why})"
 
 
-def _stem(path: str) -> str:
-    for ext in (".onnx", ".plan", ".engine"):
-        if path.endswith(ext):
-            return path[: -len(ext)]
-    return path
-
-
-def _standard16(stem: str) -> str:
-    """The standard fp16 graph a fused export builds its engine from where the plugins cannot be registered."""
-    return stem + ".standard.fp16.onnx"
-
-
-def _timing_cache(args) -> str:
-    return args.timing_cache or os.path.join(os.path.dirname(os.path.abspath(args.trt)), "fastmlr.timing.cache")
-
-
-def resolve_trt(args) -> TRTUnavailable | None:
-    """Check --trt-targets and settle --trt-flavour before any work (``args.trt_flavour_chosen``, None if none is usable)."""
-    args.trt_targets_parsed = parse_targets(args.trt_targets)
-    args.trt_flavour_chosen = None
+def resolve_trt(args) -> tuple[str | None, tuple | None, TRTUnavailable | None]:
+    """Check --trt-targets and settle --trt-flavour before any work: (flavour, targets, why none is usable)."""
+    targets = parse_targets(args.trt_targets)
     if not args.trt:
-        return None
+        return None, targets, None
     try:
-        args.trt_flavour_chosen, why = probe.choose_flavour(args.trt_flavour)
+        flavour, why = probe.choose_flavour(args.trt_flavour)
     except TRTUnavailable as e:
-        return e
-    if args.trt_flavour_chosen == "enterprise" and args.trt_targets_parsed:
+        return None, targets, e
+    if flavour == "enterprise" and targets:
         raise ValueError("--trt-targets is for TensorRT-RTX (--trt-flavour rtx); enterprise TensorRT builds for the "
                          "GPU it runs on")
-    if args.trt_flavour != args.trt_flavour_chosen:
-        print(f"--trt: {probe.LABELS[args.trt_flavour_chosen]} ({why})", flush=True)
-    return None
+    if args.trt_flavour != flavour:
+        print(f"--trt: {probe.LABELS[flavour]} ({why})", flush=True)
+    return flavour, targets, None
 
 
-def planned_files(args, side: dict, onnx32: str | None, onnx16: str | None) -> list[tuple[str, str]]:
-    """(path, flag) of every file the command may write, sidecars included."""
-    files = []
-
-    def artefact(path, flag):
-        files.extend([(path, flag), (sidecar_path(path), flag + " sidecar")])
-
-    if onnx32:
-        artefact(onnx32, "--onnx")
-    if onnx16:
-        artefact(onnx16, "--fp16")
-    if args.aoti:
-        artefact(args.aoti, "--aoti")
-    if args.trt:
-        artefact(args.trt, "--trt")
-        if getattr(args, "trt_flavour_chosen", None) == "enterprise":
-            files.append((_timing_cache(args), "--timing-cache"))
-        if args.onnx_ops == "fused":
-            artefact(_standard16(_stem(args.onnx or args.trt)), "--trt")
-    if args.triton_repo:
-        name = args.triton_name or f"fastmlr_{side['model']}"
-        files.extend((p, "--triton-repo") for p in repo_files(args.triton_repo, name,
-                                                                     engine=getattr(args, "trt_flavour_chosen", None) == "enterprise"))
-    return files
+def plan_from_args(args, model, size: int, side: dict, real, trt=(None, None, None)) -> ExportPlan:
+    """The flags as an export plan: which files, from which inputs; ``trt``: :func:`resolve_trt`'s answer."""
+    # TensorRT builds from the fp16 graph; Triton serves ONNX when no engine can be built.
+    plan = ExportPlan(model, size, side, aoti=args.aoti, trt=args.trt, triton_repo=args.triton_repo,
+                      triton_name=args.triton_name, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                      max_batch=args.max_batch, opset=args.opset, onnx_ops=args.onnx_ops, aoti_ops=args.aoti_ops,
+                      timing_cache=args.timing_cache, workspace_gb=args.workspace_gb, verify=not args.no_verify,
+                      real=real, validate_mosaics=args.validate_mosaics, trt_flavour=trt[0], trt_targets=trt[1],
+                      trt_unavailable=trt[2], inputs=[(args.checkpoint, "--checkpoint")] + [(p, "--verify-images") for p in
+                                                                    args.verify_images or []])
+    plan.onnx32 = args.onnx
+    stem = plan.stem()  # from --onnx, else --trt, else the Triton repository
+    if args.triton_repo or args.validate_mosaics:
+        plan.onnx32 = args.onnx or stem + ".onnx"
+    if args.fp16 or args.trt:
+        plan.onnx16 = stem + ".fp16.onnx"
+        plan.flags["onnx16"] = "--fp16" if args.fp16 else "--trt (built from the fp16 graph)"
+    return plan
 
 
 def run(args) -> int:
@@ -218,130 +171,34 @@ def run(args) -> int:
         raise ValueError("nothing to export: give --onnx, --trt, --aoti and/or --triton-repo")
     if args.validate_mosaics and not args.fp16:
         raise ValueError("--validate-mosaics compares the fp16 graph with fp32: it needs --fp16")
+    check_image_size(args.image_size)
     check_batch_range(args.min_batch, args.opt_batch, args.max_batch)
-    trt_error = resolve_trt(args)
+    trt = resolve_trt(args)
     model, size = load_model(args)
     per_class = None if args.single_threshold else model.thresholds
     side = make_sidecar(model, size, threshold=args.threshold, thresholds=per_class)
-    reports, written = [], []
-    verify = not args.no_verify
-    real, real_desc = (None, "not checked")
-    if verify:
-        real, real_desc = real_images(size, paths=args.verify_images)
-    stem = _stem(args.onnx or args.trt or os.path.join(args.triton_repo or ".", f"fastmlr_{side['model']}"))
-    # TensorRT builds from the fp16 graph; Triton serves ONNX when no engine can be built.
-    need_fp32 = bool(args.onnx or args.triton_repo)
-    need_fp16 = bool(args.fp16 or args.trt)
-    onnx32 = args.onnx or stem + ".onnx"
-    onnx16 = stem + ".fp16.onnx"
-    kw = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch, opset=args.opset, sidecar=side,
-              onnx_ops=args.onnx_ops)
-    targets = planned_files(args, side, onnx32 if need_fp32 or args.validate_mosaics else None,
-                            onnx16 if need_fp16 else None)
-    check_targets(targets)  # every refusal before the first file is written, so nothing is half done
-    for path, _ in targets:
-        for tmp in remove_stale_temps(path):
-            print(f"removed {tmp}, left by an export that was killed", flush=True)
-
-    def step(label, fn, *a, **k):
-        t0 = time.perf_counter()
-        out = fn(*a, **k)
-        print(f"wrote {label}: {out} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        written.append(out)
-        return out
-
+    check_plan(plan_from_args(args, model, size, side, None, trt))  # every refusal before the images are read
+    real, real_desc = real_images(size, paths=args.verify_images) if not args.no_verify else (None, "not checked")
+    plan = plan_from_args(args, model, size, side, real, trt)
     print(f"fastmlr export: {side['model']} ({side['config'].get('backbone')}), {side['num_classes']} classes, "
           f"{size} px, batch {args.min_batch}..{args.max_batch} (opt {args.opt_batch}); real images: {real_desc}",
           flush=True)
     print("thresholds in every sidecar: " + threshold_note(model, per_class, args), flush=True)
-    if need_fp32:
-        step("ONNX fp32", export_onnx, model, onnx32, size, fp16=False, **kw)
-        if verify:
-            reports.append(verify_onnx(onnx32, model, size, real=real, max_batch=args.max_batch))
-            print(format_report(reports[-1]), flush=True)
-    if need_fp16:
-        # fp16 where the verification images allow it, fp32 where the search finds fp16 too coarse.
-        t0 = time.perf_counter()
-        search = export_onnx_fp16(model, onnx16, size, images=real, **kw)
-        print(f"wrote ONNX fp16: {onnx16} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        print("\n".join(fp16_lines(search)), flush=True)
-        written.append(onnx16)
-        if verify:
-            reports.append(verify_onnx(onnx16, model, size, fp16=True, real=real, max_batch=args.max_batch))
-            print(format_report(reports[-1]), flush=True)
-    if args.validate_mosaics:
-        if not need_fp32:
-            step("ONNX fp32 (for the mAP check)", export_onnx, model, onnx32, size, fp16=False, **kw)
-        rep = fp16_map_check(model, onnx32, onnx16, size, num_images=args.validate_mosaics)
-        rep.update(artifact=onnx16, kind="fp16 mAP check")
-        reports.append(rep)
-        print(format_report(rep), flush=True)
-    if args.aoti:
-        step(f"AOTInductor package ({args.aoti_ops or default_aoti_ops()} ops)", export_aoti, model, args.aoti, size,
-             max_batch=args.max_batch, min_batch=args.min_batch, sidecar=side, aoti_ops=args.aoti_ops)
-        if verify:
-            reports.append(verify_aoti(args.aoti, model, size, real=real, max_batch=args.max_batch))
-            print(format_report(reports[-1]), flush=True)
-    engine = None
-    flavour = args.trt_flavour_chosen
-    if args.trt and flavour is not None:
-        # The fused op set where fastmlr's TensorRT plugins can be registered here (enterprise TensorRT on a GPU),
-        # else the standard fp16 graph.
-        # TensorRT-RTX cannot host the plugins: a fused --onnx-ops graph is built from a standard twin, and the
-        # builder says so in one line.
-        trt_onnx, fallback, plugins_ok, why = onnx16, None, False, ""
-        if flavour == "enterprise":
-            plugins_ok, why = plugins_available()
-        if plugins_ok:
-            trt_onnx = step("ONNX fp16, fused op set (for TensorRT)", export_onnx, model, stem + ".fused.fp16.onnx",
-                            size, fp16=True, **{**kw, "onnx_ops": "fused"})
-            fallback = onnx16
-        elif why:
-            print(f"TensorRT: building from the standard op set: fused plugins unavailable ({why})", flush=True)
-        if args.onnx_ops == "fused" and not plugins_ok:
-            fallback = step("ONNX fp16, standard op set (for TensorRT)", export_onnx, model, _standard16(stem),
-                            size, fp16=True, **{**kw, "onnx_ops": "standard"})
-        try:
-            engine = step(f"{probe.LABELS[flavour]} engine", build_trt_engine, trt_onnx, args.trt,
-                          min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-                          workspace_gb=args.workspace_gb, timing_cache=_timing_cache(args) if flavour == "enterprise"
-                          else None, sidecar=side, fallback_onnx=fallback, flavour=flavour,
-                          targets=args.trt_targets_parsed)
-        except TRTUnavailable as e:
-            trt_error = e
-    if args.trt and trt_error is not None:
-        cmd = trtexec_command(onnx16, args.trt, size, args.min_batch, args.opt_batch, args.max_batch)
-        print(f"TensorRT engine NOT built: {trt_error}\n  The ONNX graph it needs is written: {onnx16}\n"
-              f"  On a host with an NVIDIA GPU and TensorRT, run the same command, or:\n    {cmd}",
-              file=sys.stderr, flush=True)
-    if args.triton_repo:
-        if not os.path.exists(onnx32):
-            step("ONNX fp32 (for Triton)", export_onnx, model, onnx32, size, fp16=False, **kw)
-        # Triton's tensorrt backend links enterprise TensorRT: it cannot deserialize a TensorRT-RTX engine.
-        served = engine if flavour == "enterprise" else None
-        if engine and not served:
-            print(f"Triton model serves the ONNX graph: its tensorrt backend cannot load the TensorRT-RTX engine "
-                  f"{engine}", flush=True)
-        folder = write_triton_repo(args.triton_repo, side, engine=served, onnx_path=None if served else onnx32,
-                                   max_batch=args.max_batch, opt_batch=args.opt_batch, name=args.triton_name)
-        print(f"wrote Triton model {folder} ({'TensorRT plan' if served else 'ONNX Runtime backend'})")
-    failed = [r for r in reports if not r["ok"]]
-    print(f"export: {len(written)} artefact(s) written; {len(reports) - len(failed)}/{len(reports)} checks passed")
+    res = export_artefacts(plan)
+    failed = [r for r in res.reports if not r["ok"]]
+    print(f"export: {len(res.written)} artefact(s) written; {len(res.reports) - len(failed)}/{len(res.reports)} "
+          "checks passed")
     if failed:
         print("export: FAILED checks: " + "; ".join(f"{r['kind']} ({r['artifact']})" for r in failed), file=sys.stderr)
         return 3
-    if trt_error is not None:
+    if res.trt_error is not None:
         return 4
     return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args), debug=args.debug, extra=(CheckpointMismatch,))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ decide that a file protected by its owner may be replaced.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -30,6 +31,25 @@ _PROCESS_START = time.time()
 
 class ReadOnlyTarget(PermissionError, ValueError):
     """The file to be (re)written is read-only, or its folder cannot take a new file."""
+
+
+class NoSpace(OSError):
+    """A write failed because the filesystem is full (or a quota or file-size limit was reached)."""
+
+
+# Errors of a full filesystem (or quota, or file size limit).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_space_error(e: BaseException | None) -> OSError | None:
+    """The OSError "no space left" that ``e`` is or was raised from (torch's writers wrap it), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _published_bits() -> int:
@@ -88,6 +108,37 @@ def check_targets(paths: Iterable[tuple[str, str]]) -> None:
         raise ReadOnlyTarget("; ".join(problems))
 
 
+def check_distinct(targets: Iterable[tuple[str, str]], inputs: Iterable[tuple[str, str]] = ()) -> None:
+    """Refuse targets that are one of the inputs or another target, comparing real paths (links, ``..``, case as the
+    filesystem has it); ``(path, what)`` pairs. The message names both flags, so nothing is overwritten by accident."""
+    def key(path: str) -> tuple:
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+            return ("inode", st.st_dev, st.st_ino)  # hard links and case-insensitive filesystems too
+        except OSError:
+            return ("path", real)
+
+    inputs = [(p, w) for p, w in inputs if p]
+    seen: dict[tuple, tuple[str, str]] = {}
+    for path, what in inputs:
+        seen.setdefault(key(path), (path, what))
+    problems = []
+    for path, what in targets:
+        k = key(path)
+        if k in seen:
+            other, other_what = seen[k]
+            if what.endswith(" sidecar") and other_what.endswith(" sidecar"):
+                continue  # the artefacts' own collision is already named
+            role = "an input" if (other, other_what) in inputs else "another target"
+            problems.append(f"{what} {path} is the same file as {other_what} {other} ({role}): it would be "
+                            f"overwritten; give each output its own path")
+        else:
+            seen[k] = (path, what)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def replace_file(tmp: str, path: str, *, publish: bool = False) -> None:
     """Rename the finished temporary ``tmp`` over ``path``, respecting the target's mode.
 
@@ -126,9 +177,12 @@ def atomic_write_bytes(path: str, write, *, publish: bool = False) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         replace_file(tmp, path, publish=publish)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = no_space_error(e)
+        if full is not None:  # torch's zip writer turns it into "unexpected pos": say what it is, name the file
+            raise NoSpace(full.errno, os.strerror(full.errno), path) from e
         raise
 
 

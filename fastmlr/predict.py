@@ -19,7 +19,9 @@ from PIL import Image, ImageDraw
 
 from .checkpoint import atomic_write_bytes, checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 from .data import denormalize, load_image
-from .engine import UsageError, backend_flag, resolve_device, run_command
+from .data.transforms import check_regular_file
+from .files import check_distinct
+from .engine import UsageError, backend_flag, check_image_size, resolve_device, run_command
 from .thresholds import check_thresholds
 
 DEFAULT_THRESHOLD = 0.5
@@ -85,10 +87,13 @@ def thresholds_from_file(path: str, class_names: list[str]) -> list[float]:
     """The per-class thresholds a --thresholds file holds, checked against the model's classes."""
     flag = f"--thresholds {path}"
     try:
+        check_regular_file(path)  # a FIFO would block the reader
         with open(path) as fh:
             data = json.load(fh)
     except FileNotFoundError:
         raise UsageError(f"{flag}: no such file") from None
+    except RecursionError:
+        raise UsageError(f"{flag}: its JSON nests too deep") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{flag}: cannot be read as JSON ({e})") from None
     if isinstance(data, dict):
@@ -129,8 +134,11 @@ def choose_thresholds(args, ckpt: dict) -> tuple[list[float], str]:
 
 
 def predict(args) -> list[dict]:
-    if args.image_size is not None and args.image_size < 1:
-        raise UsageError(f"--image-size {args.image_size}: expected a positive number of pixels")
+    check_image_size(args.image_size)
+    if args.attention_maps:  # the picture never replaces an input (an image, the checkpoint)
+        check_distinct([(args.attention_maps, "--attention-maps")],
+                       [(args.checkpoint, "--checkpoint"), (args.thresholds, "--thresholds"),
+                        *[(p, "image") for p in args.images]])
     device = resolve_device(args.device)
     with backend_flag(args.backend):
         return _predict(args, device)

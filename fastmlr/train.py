@@ -18,6 +18,7 @@ there), bfloat16 autocast on the CPU with ``--amp on``; one training step for bo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,9 +45,11 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import build_dataset, collate_skip
+from .data.checks import check_dataset
 from .engine import UsageError, backend_flag, predict_dataset, resolve_device, run_command
 from .metrics import format_metrics_table, multilabel_metrics
 from .models import create_model
+from .runlock import run_lock
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,6 +106,7 @@ def _datasets(args):
     for ds, what, split, where in ((train, "training", tsplit, root), (val, "validation", vsplit, vroot)):
         if len(ds) == 0:  # found now, not after a whole training epoch
             raise UsageError(f"the {what} data (--data {args.data}, split {split!r}, {where or 'built in'}) holds no images")
+        check_dataset(ds, what, f"--data {args.data}, split {split!r}, {where}")  # readable, one label set per image
     return train, val
 
 
@@ -181,10 +185,15 @@ def _gather_rng(world: int) -> list:
 
 
 def train(args) -> dict:
-    """Check the flags, then train under ``--backend`` (a ``fastmlr.ops.use_backend`` block)."""
+    """Check the flags, then train under ``--backend`` (a ``fastmlr.ops.use_backend`` block), holding --out's lock."""
     train_args.check_args(args)
-    with backend_flag(args.backend):
-        return _train(args)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    # One process of a distributed run (rank 0) holds the lock for all of them.
+    lock = run_lock(args.out, log) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        train_args.check_earlier_run(args)
+        with backend_flag(args.backend):
+            return _train(args)
 
 
 def _train(args) -> dict:

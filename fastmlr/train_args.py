@@ -13,7 +13,7 @@ import argparse
 import math
 import os
 
-from .engine import UsageError
+from .engine import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, UsageError, check_image_size
 from .files import creatable_folder_problem
 
 # Optimisation defaults (SRDL paper, section 4.2). On --resume, a flag left out takes the
@@ -30,8 +30,6 @@ OPTION_FLAGS = {
 # What a training run writes into --out.
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "metrics.json", "args.json")
 
-# Every backbone downsamples 32 times: smaller inputs leave no feature map to attend over.
-MIN_IMAGE_SIZE = 32
 # Adam's useful learning rates are far below this; above it the weights only overflow.
 MAX_LR = 1.0
 
@@ -71,7 +69,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     d.add_argument("--val-data-root", default=None, help="JSONL for validation (list format)")
     d.add_argument("--train-size", type=int, default=4000, help="mosaics, scenes: number of training images")
     d.add_argument("--val-size", type=int, default=1000, help="mosaics, scenes: number of validation images")
-    d.add_argument("--image-size", type=int, default=448, help=f"input side in pixels (>= {MIN_IMAGE_SIZE})")
+    d.add_argument("--image-size", type=int, default=448, help=f"input side in pixels ({MIN_IMAGE_SIZE} .. {MAX_IMAGE_SIZE})")
     d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     o = p.add_argument_group("optimisation (paper 4.2; on --resume, left-out flags keep the checkpoint's values)")
     o.add_argument("--epochs", type=int, default=20)
@@ -131,8 +129,7 @@ def check_args(args) -> None:
     elif args.data_root is None:
         raise UsageError(f"--data {args.data} needs --data-root (its folder, or the JSONL file for 'list')")
     _need(args.data != "list" or args.classes_file is not None, "--data list needs --classes-file (one class a line)")
-    _need(args.image_size >= MIN_IMAGE_SIZE,
-          f"--image-size {args.image_size}: too small; the backbones downsample 32 times, expected >= {MIN_IMAGE_SIZE}")
+    check_image_size(args.image_size)
     _need(args.batch_size >= 1, f"--batch-size {args.batch_size}: expected >= 1")
     _need(args.epochs >= 1, f"--epochs {args.epochs}: nothing would be trained; expected >= 1")
     _need(args.max_steps is None or args.max_steps >= 1, f"--max-steps {args.max_steps}: no step would run; expected >= 1")
@@ -149,17 +146,17 @@ def check_args(args) -> None:
     if args.weights not in (None, "none", "imagenet"):
         _need(os.path.isfile(args.weights), f"--weights {args.weights}: no such file (or use 'imagenet' / 'none')")
     _need(not (args.resume and args.overwrite), "--resume and --overwrite contradict each other; give one")
-    check_out(args)
-
-
-def check_out(args) -> None:
-    """--out must be (or be creatable as) a writable folder, and hold no earlier run unless asked."""
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file; expected a folder for {', '.join(RUN_FILES)}")
     problem = creatable_folder_problem(out)
     if problem:
         raise UsageError(f"--out {out}: {problem}, so the run's folder cannot be created")
+
+
+def check_earlier_run(args) -> None:
+    """--out holds no earlier run unless --resume or --overwrite asks for it (checked holding the folder's lock)."""
+    out = args.out
     found = earlier_run(out)
     if found and not (args.resume or args.overwrite):
         raise UsageError(

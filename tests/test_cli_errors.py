@@ -65,8 +65,10 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     e = types.SimpleNamespace(root=root, fm=fmnist_root(tmp_path_factory))
     Image.new("RGB", (40, 40), "red").save(root / "a.png")
+    Image.new("RGB", (40, 40), "blue").save(root / "b.png")
     (root / "classes.txt").write_text("cat\ndog\n")
-    good = "".join(json.dumps({"image": "a.png", "labels": [c]}) + "\n" for c in ["cat", "dog"] * 4)
+    # One label set per image (an image listed with different labels is refused: test_reliability.py).
+    good = "".join(json.dumps({"image": f, "labels": [c]}) + "\n" for f, c in [("a.png", "cat"), ("b.png", "dog")] * 4)
     (root / "good.jsonl").write_text(good)
     (root / "unknown.jsonl").write_text(
         json.dumps({"image": "a.png", "labels": ["cat"]}) + "\n" + json.dumps({"image": "a.png", "labels": ["cow"]}) + "\n"

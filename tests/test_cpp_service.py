@@ -217,12 +217,18 @@ def test_probabilities_match_python_runtime(build, artefact, images):
         assert r["labels"] == [f"class_{c}" for c in p.argsort(descending=True).tolist() if p[c] >= 0.5]
 
 
-def _edited_sidecar(artefact, tmp_path, **changes):
+def _edited_sidecar(artefact, tmp_path, seal=True, name="edited.json", **changes):
+    """A copy of the artefact's sidecar with ``changes``; resealed (an edit made on purpose, as
+    fastmlr.deploy.set_thresholds does) unless ``seal`` is False (a hand edit, which is refused)."""
+    from fastmlr.artifact import contract
+
     side = json.loads(open(artefact + ".json").read())
     side.update(changes)
     side = {k: v for k, v in side.items() if v is not None}
-    path = tmp_path / "edited.json"
-    path.write_text(json.dumps(side))
+    if seal:
+        side = contract.seal(side)
+    path = tmp_path / name
+    path.write_text(json.dumps(side, indent=2, sort_keys=True))
     return str(path)
 
 
@@ -260,10 +266,7 @@ def _readline(proc, timeout=120):
 def test_serve_answers_each_line_and_survives_bad_files(build, artefact, images):
     d, files = images
     th = [0.2, 0.9, 0.5]
-    side = json.loads(open(artefact + ".json").read())
-    side["thresholds"] = th
-    sidecar = d / "serve.json"
-    sidecar.write_text(json.dumps(side))
+    sidecar = _edited_sidecar(artefact, d, name="serve.json", thresholds=th)
     proc = subprocess.Popen([build, "--serve", artefact, "--sidecar", str(sidecar)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     try:
@@ -322,3 +325,145 @@ def test_installed_package_with_find_package(build, artefact, images, tmp_path):
         _, labels, scores = line.split("\t")
         assert np.allclose([float(s) for s in scores.split()], r["probs"], atol=1e-5)
         assert [x.split("=")[0] for x in labels.split(",") if x] == r["labels"]
+
+
+# -- the reliability catalogue (issue 22): the C++ program checks what the Python runtime checks ---------------
+def _copy_artefact(artefact, folder, name="m.pt2"):
+    os.makedirs(folder, exist_ok=True)
+    dst = os.path.join(folder, name)
+    shutil.copy(artefact, dst)
+    shutil.copy(artefact + ".json", dst + ".json")
+    return dst
+
+
+def _npy(path, arr):
+    np.save(path, arr.astype(np.float32))
+    return str(path)
+
+
+def _bad_sidecars(artefact, t):
+    """name -> (sidecar path, words the one error line must hold)."""
+    deep = t / "deep.json"
+    deep.write_text("[" * 1_000_000)
+    big = t / "big.json"
+    big.write_bytes(b" " * (17 << 20) + b"{}")
+    return {
+        "hand-edited image_size": (_edited_sidecar(artefact, t, seal=False, name="size.json", image_size=32),
+                                   ["size.json", "edited after export", "image_size"]),
+        "hand-edited class names": (_edited_sidecar(artefact, t, seal=False, name="names.json",
+                                                    class_names=["x", "y", "z"]), ["names.json", "class_names"]),
+        "integrity record broken": (_edited_sidecar(artefact, t, seal=False, name="rec.json", integrity="00"),
+                                    ["rec.json", "integrity"]),
+        "another file's sidecar": (_edited_sidecar(artefact, t, name="other.json",
+                                                   artifact={"format": "aoti", "sha256": "0" * 64}),
+                                   ["m.pt2", "sha256", "other.json"]),
+        "nesting of 10^6 [": (str(deep), ["deep.json", "nested deeper than 64"]),
+        "17 MiB of blanks": (str(big), ["big.json", "larger than 16 MiB"]),
+        "image_size 10^6 (sealed)": (_edited_sidecar(artefact, t, name="huge.json", image_size=1_000_000),
+                                     ["huge.json", "image_size outside 1 .. 4096"]),
+    }
+
+
+def test_sidecar_integrity_hash_and_bounds_are_checked(build, artefact, images, tmp_path):
+    _, files = images
+    for case, (side, words) in _bad_sidecars(artefact, tmp_path).items():
+        r = subprocess.run([build, artefact, "--sidecar", side, files["rgb.jpg"]], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 1, (case, r.returncode, r.stderr[-2000:])  # not a crash (negative: a signal)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (case, r.stderr[-2000:])
+        for w in words:
+            assert w in lines[0], (case, w, lines[0])
+    # The untouched sidecar, resealed after an edit made on purpose, is accepted (the check can pass).
+    ok = _edited_sidecar(artefact, tmp_path, name="ok.json", threshold=0.3)
+    assert subprocess.run([build, artefact, "--sidecar", ok, files["rgb.jpg"]], capture_output=True).returncode == 0
+
+
+def test_a_replaced_missing_or_text_package_is_one_line(build, artefact, images, tmp_path):
+    from fastmlr.artifact import contract
+
+    _, files = images
+    grown = _copy_artefact(artefact, tmp_path / "grown")
+    with open(grown, "ab") as fh:
+        fh.write(b"\0")
+    missing = _copy_artefact(artefact, tmp_path / "missing")
+    os.remove(missing)
+    text = str(tmp_path / "text.pt2")
+    with open(text, "w") as fh:
+        fh.write("not a package\n")
+    side = json.loads(open(artefact + ".json").read())
+    contract.write_sidecar(text, {k: v for k, v in side.items() if k not in ("artifact", "integrity")},
+                           artifact={"format": "aoti"})  # a sealed sidecar of the text file: the loader must say so
+    for path, words in ((grown, ["m.pt2", "sha256 differs"]), (missing, ["m.pt2", "does not exist"]),
+                        (text, ["text.pt2", "cannot load the AOTInductor package"])):
+        r = subprocess.run([build, path, files["rgb.jpg"]], capture_output=True, text=True, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, (path, r.stderr[-3000:])
+        for w in words:
+            assert w in lines[0], (w, lines[0])
+
+
+def test_huge_headers_nan_and_bad_flags_are_one_line(build, artefact, tmp_path):
+    ppm = tmp_path / "huge.ppm"
+    ppm.write_bytes(b"P6\n100000 100000\n255\n" + b"\0" * 30)
+    npy = tmp_path / "huge.npy"
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 3, 64, 64), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    npy.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\0" * 64)
+    nan = np.zeros((1, 3, SIZE, SIZE))
+    nan[0, 1, 5, 5] = np.nan
+    cases = {
+        "ppm header of 10^10 pixels": ([artefact, str(ppm)], 1, ["huge.ppm", "over the limit"]),
+        "npy header of 1.2e9 values": ([artefact, str(npy)], 1, ["huge.npy", "more values than the file holds"]),
+        "NaN pixels": ([artefact, _npy(tmp_path / "nan.npy", nan)], 1, ["NaN"]),
+        "--top abc": ([artefact, "--top", "abc", str(npy)], 2, ["--top", "'abc'"]),
+        "--decode onto its input": (["--decode", str(ppm), str(tmp_path / "." / "huge.ppm")], 1,
+                                    ["huge.ppm", "would be overwritten"]),
+        "--device cuda:99999999999": ([artefact, "--device", "cuda:99999999999", str(npy)], 2, ["--device"]),
+    }
+    for case, (argv, code, words) in cases.items():
+        r = subprocess.run([build, *argv], capture_output=True, text=True, timeout=300)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert r.returncode == code and len(errors) == 1, (case, r.returncode, r.stderr[-2000:])
+        assert "stoi" not in r.stderr and "bad_alloc" not in r.stderr, (case, r.stderr)
+        for w in words:
+            assert w in errors[0], (case, w, errors[0])
+
+
+def test_serve_answers_a_fifo_and_invalid_utf8_with_json_lines(build, artefact, images, tmp_path):
+    _, files = images
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    odd = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"  # Latin-1 bytes: not UTF-8
+    with open(odd, "wb") as fh:
+        fh.write(open(files["rgb.jpg"], "rb").read())
+    proc = subprocess.Popen([build, "--serve", artefact], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(os.fsencode(str(fifo)) + b"\n" + odd + b"\n" + files["rgb.jpg"].encode() + b"\n",
+                                    timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # every line is JSON (and UTF-8)
+    assert len(rows) == 3
+    assert rows[0]["image"] == str(fifo) and "FIFO" in rows[0]["error"]
+    assert rows[1]["image"] == str(tmp_path) + "/caf\ufffd.jpg" and "scores" in rows[1]
+    assert "scores" in rows[2] and np.allclose(rows[1]["scores"], rows[2]["scores"])
+
+
+def test_aoti_runner_checks_run_input_against_the_sidecar(artefact):
+    r = runtime.load(artefact)
+    for x, words in ((torch.zeros(2, 3, 32, 32), ["(2, 3, 32, 32)", f"Tensor[n, 3, {SIZE}, {SIZE}]"]),
+                     (torch.zeros(1, 3, 2, 2), ["(1, 3, 2, 2)"]),
+                     (torch.zeros(5, 3, SIZE, SIZE), ["(5, 3", "n in 1..4"]),
+                     (torch.zeros(1, 3, SIZE, SIZE, dtype=torch.float64), ["torch.float64"]),
+                     (torch.zeros(1, SIZE, SIZE, 3).permute(0, 3, 1, 2), ["non-contiguous"]),
+                     (torch.full((1, 3, SIZE, SIZE), float("nan")), ["NaN", "image(s) [0]"])):
+        with pytest.raises((TypeError, ValueError)) as info:
+            r.run(x)
+        msg = str(info.value)
+        assert "\n" not in msg and "m.pt2" in msg and all(w in msg for w in words), msg
+    logits, probs = r.run(torch.zeros(4, 3, SIZE, SIZE))  # the contract itself still runs
+    assert probs.shape == (4, 3) and torch.isfinite(probs).all()

@@ -442,7 +442,10 @@ def test_aoti_programs_hold_fastmlr_ops_with_cpp_and_none_with_reference(model):
 
 def test_cli_aoti_ops_flag_reaches_the_builder(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(ex, "export_aoti", lambda model, path, size, **kw: seen.append(kw["aoti_ops"]) or path)
+    from fastmlr.deploy import aoti
+
+    # The export pipeline (fastmlr.deploy.pipeline) calls the builder it names.
+    monkeypatch.setattr(aoti, "export_aoti", lambda model, path, size, **kw: seen.append(kw["aoti_ops"]) or path)
     base = ["--model", "srdl", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32", "--no-verify",
             "--aoti", str(tmp_path / "m.pt2")]
     assert ex.main(base + ["--aoti-ops", "reference"]) == 0

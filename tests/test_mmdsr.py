@@ -179,7 +179,7 @@ def test_train_command_checkpoint_and_predict(tmp_path):
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    export = pytest.importorskip("fastmlr.export", reason="fastmlr.export (another helper's) is not importable yet")
+    export = pytest.importorskip("fastmlr.deploy.onnx", reason="fastmlr.deploy.onnx (the ONNX builder) is not importable")
     pytest.importorskip("onnxruntime")
     m = tiny()
     path = export.export_onnx(m, str(tmp_path / "mmdsr.onnx"), 64, max_batch=4)

@@ -52,6 +52,10 @@ def _predict(x):
     return lambda p: runtime.load(p).predict(x)
 
 
+def _run(x):
+    return lambda p: runtime.load(p).run(x)
+
+
 def _edited(**changes):
     def case(p):
         edit_sidecar(p, **changes)
@@ -92,6 +96,23 @@ CASES = {
     "request-other-size": (lambda p: runtime.load(p, image_size=448), contract.SidecarMismatch,
                            [f"image size: artefact {S}, requested 448"]),
     "device-unknown": (lambda p: runtime.load(p, device="tpu"), ValueError, ["device", "'tpu'"]),
+    # run(): the prepared batch is checked against the sidecar before the artefact sees it
+    "run-other-size": (_run(torch.zeros(2, 3, 2 * S, 2 * S)), ValueError, [f"shape (2, 3, {2 * S}, {2 * S})",
+                                                                        f"Tensor[n, 3, {S}, {S}]"]),
+    "run-batch-over-max": (_run(torch.zeros(5, 3, S, S)), ValueError, ["(5, 3", "n in 1..4"]),
+    "run-float64": (_run(torch.zeros(1, 3, S, S, dtype=torch.float64)), TypeError, ["torch.float64", "float32"]),
+    "run-channels-last": (_run(torch.zeros(1, S, S, 3).permute(0, 3, 1, 2)), ValueError, ["non-contiguous",
+                                                                                      ".contiguous()"]),
+    "run-nan": (_run(torch.zeros(2, 3, S, S).index_fill_(0, torch.tensor([1]), float("nan"))), ValueError,
+                ["NaN", "image(s) [1]"]),
+    "run-not-a-tensor": (_run(np.zeros((1, 3, S, S), np.float32)), TypeError, ["ndarray", "predict()"]),
+    "predict-nan": (_predict(torch.full((1, 3, S, S), float("inf"))), ValueError, ["NaN/inf"]),
+    "sidecar-nested-deep": (lambda p: (open(contract.sidecar_path(p), "w").write("[" * 100000), runtime.load(p)),
+                            contract.SidecarMismatch, ["tiny.onnx.json", "nests too deep"]),
+    "sidecar-fifo": (lambda p: (os.remove(contract.sidecar_path(p)), os.mkfifo(contract.sidecar_path(p)),
+                                runtime.load(p)), contract.SidecarMismatch, ["tiny.onnx.json", "not a regular file"]),
+    "artefact-fifo": (lambda p: (os.mkfifo(p + ".fifo.onnx"), runtime.load(p + ".fifo.onnx")), ValueError,
+                      ["fifo.onnx", "not a regular file"]),
 }
 
 

@@ -589,11 +589,12 @@ def test_plugin_kernels_compile_for_this_gpu():
 @pytest.mark.parametrize("with_plugin", [True, False], ids=["plugins", "no-plugins"])
 def test_cli_trt_builds_the_fused_graph_when_the_plugins_register(monkeypatch, tmp_path, capsys, with_plugin):
     from fastmlr import export as ex
+    from fastmlr.deploy import onnx as donnx
     from fastmlr.artifact.contract import write_sidecar
 
     _, log = _install_builder(monkeypatch, with_plugin=with_plugin)
     asked = []
-    real_export = ex.export_onnx
+    real_export = donnx.export_onnx
 
     def export_onnx(model, path, size, **kw):
         asked.append(kw.get("onnx_ops", "standard"))
@@ -603,7 +604,7 @@ def test_cli_trt_builds_the_fused_graph_when_the_plugins_register(monkeypatch, t
         write_sidecar(path, kw["sidecar"], artifact={"format": "onnx"}, onnx_ops="fused")
         return path
 
-    monkeypatch.setattr(ex, "export_onnx", export_onnx)
+    monkeypatch.setattr(donnx, "export_onnx", export_onnx)  # where the export pipeline finds its builder
     engine = tmp_path / "m.plan"
     rc = ex.main(["--model", "baseline", "--num-classes", "3", "--backbone", "resnet18", "--image-size", "32",
                   "--trt", str(engine), "--max-batch", "2", "--opt-batch", "2", "--no-verify"])

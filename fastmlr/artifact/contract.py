@@ -43,6 +43,8 @@ OUTPUT_NAMES = ("logits", "probs")
 EXTENSIONS = {".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt", ".pt2": "aoti"}
 # Keys every sidecar has; the rest are informative.
 REQUIRED_KEYS = ("class_names", "image_size", "mean", "std", "threshold", "artifact")
+# Bigger sidecars are not fastmlr's (as export/cpp/src/sidecar.cpp).
+MAX_SIDECAR_BYTES = 16 << 20
 INTEGRITY_KEY = "integrity"
 INTEGRITY_SCHEME = "sha256 of each top-level field's canonical JSON"
 _warned_unsealed: set[str] = set()
@@ -203,10 +205,16 @@ def read_sidecar(path: str, *, verify_hash: bool = True) -> dict:
             f"{path} has no sidecar {side_path}: export it with python -m fastmlr.export, which writes one"
         )
     try:
+        if not os.path.isfile(side_path):  # a FIFO would block the reader
+            raise OSError(f"{side_path} is not a regular file")
+        if os.path.getsize(side_path) > MAX_SIDECAR_BYTES:
+            raise OSError(f"{os.path.getsize(side_path)} bytes; a sidecar is a few kB (limit {MAX_SIDECAR_BYTES})")
         with open(side_path) as fh:
             side = json.load(fh)
-    except (OSError, json.JSONDecodeError) as e:
-        raise SidecarMismatch(f"sidecar {side_path} cannot be read: {e}") from e
+    except RecursionError:
+        raise SidecarMismatch(f"sidecar {side_path} cannot be read: its JSON nests too deep") from None
+    except (OSError, ValueError) as e:
+        raise SidecarMismatch(f"sidecar {side_path} cannot be read: {e}") from None
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
         found = side.get("format") if isinstance(side, dict) else type(side).__name__
         raise SidecarMismatch(f"{side_path} is not a fastmlr sidecar (expected format {SIDECAR_FORMAT!r}, found {found!r})")

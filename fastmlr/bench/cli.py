@@ -11,6 +11,7 @@ import tempfile
 
 import torch
 
+from ..engine import UsageError, run_command
 from ..progress import progress_bar
 from .cells import (
     child_main,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(auto: on unless --quick)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md, bench.png")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--_cell", help=argparse.SUPPRESS)
     p.add_argument("--_cell-out", help=argparse.SUPPRESS)
     return p
@@ -86,14 +88,14 @@ def _runtimes(args, base) -> list[str]:
     flag, value = "--runtimes", args.runtimes
     if args.backends is not None:
         if args.runtimes is not None:
-            raise SystemExit("--backends: give --runtimes only (--backends is its deprecated name)")
+            raise UsageError("--backends: give --runtimes only (--backends is its deprecated name)")
         print("bench: --backends is deprecated, use --runtimes (a backend is a fastmlr.ops implementation; the "
               "columns are runtimes)", file=sys.stderr)
         flag, value = "--backends", args.backends
     runtimes = _csv(value) if value else (base["runtimes"] or list(RUNTIMES))
     bad = [r for r in runtimes if r not in RUNTIMES]
     if bad:
-        raise SystemExit(f"{flag}: unknown {bad}; expected some of {', '.join(RUNTIMES)}")
+        raise UsageError(f"{flag}: unknown {bad}; expected some of {', '.join(RUNTIMES)}")
     return runtimes
 
 
@@ -112,13 +114,13 @@ def resolve_config(args) -> dict:
     cfg["iters"] = args.iters
     if args.iters is not None:
         if args.iters < 1:
-            raise SystemExit(f"--iters: expected an integer >= 1, got {args.iters}")
+            raise UsageError(f"--iters: expected an integer >= 1, got {args.iters}")
         cfg["min_iters"] = cfg["max_iters"] = args.iters
     known = list_models()
     models = _csv(args.models) if args.models else (base["models"] or known)
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise SystemExit(f"--models: unknown {unknown}; registered models: {', '.join(known)}")
+        raise UsageError(f"--models: unknown {unknown}; registered models: {', '.join(known)}")
     if "baseline" in known:  # the overhead column needs it, first
         models = ["baseline"] + [m for m in models if m != "baseline"]
     cfg["models"] = models
@@ -126,25 +128,25 @@ def resolve_config(args) -> dict:
     try:
         bss = [int(b) for b in _csv(args.batch_sizes)] if args.batch_sizes else base["batch_sizes"]
     except ValueError:
-        raise SystemExit(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
+        raise UsageError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
     if not bss or min(bss) < 1:
-        raise SystemExit(f"--batch-sizes: expected positive integers, got {args.batch_sizes!r}")
+        raise UsageError(f"--batch-sizes: expected positive integers, got {args.batch_sizes!r}")
     cfg["batch_sizes"] = sorted(set(bss))
     if cfg["backbone"] not in BACKBONES:
-        raise SystemExit(f"--backbone: unknown {cfg['backbone']!r}; expected one of {', '.join(BACKBONES)}")
+        raise UsageError(f"--backbone: unknown {cfg['backbone']!r}; expected one of {', '.join(BACKBONES)}")
     for key, lo in (("image_size", 32), ("num_classes", 1), ("min_iters", 1), ("warmup", 0), ("train_batch_size", 1)):
         if cfg[key] < lo:
-            raise SystemExit(f"--{key.replace('_', '-')}: expected an integer >= {lo}, got {cfg[key]}")
+            raise UsageError(f"--{key.replace('_', '-')}: expected an integer >= {lo}, got {cfg[key]}")
     if cfg["max_iters"] < cfg["min_iters"]:
-        raise SystemExit(f"--max-iters: expected at least --min-iters ({cfg['min_iters']}), got {cfg['max_iters']}")
+        raise UsageError(f"--max-iters: expected at least --min-iters ({cfg['min_iters']}), got {cfg['max_iters']}")
     if not cfg["max_time"] > 0:
-        raise SystemExit(f"--max-time: expected seconds > 0, got {cfg['max_time']}")
+        raise UsageError(f"--max-time: expected seconds > 0, got {cfg['max_time']}")
     if not 0 < cfg["target_spread"] < 1:
-        raise SystemExit(f"--target-spread: expected a fraction in (0, 1), got {cfg['target_spread']}")
+        raise UsageError(f"--target-spread: expected a fraction in (0, 1), got {cfg['target_spread']}")
     try:
         device = resolve_device(args.device)
     except DeviceUnavailable as e:
-        raise SystemExit(str(e)) from None
+        raise UsageError(str(e)) from None
     cfg["device"] = str(device)
     cfg["ops_backend"] = args.ops_backend
     if args.ops_backend is not None:
@@ -152,10 +154,10 @@ def resolve_config(args) -> dict:
 
         avail = available_backends(device)
         if args.ops_backend not in avail:
-            raise SystemExit(f"--ops-backend: {args.ops_backend!r} does not run on {device.type} here; "
+            raise UsageError(f"--ops-backend: {args.ops_backend!r} does not run on {device.type} here; "
                              f"expected one of {', '.join(avail)}")
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"--threads: expected an integer >= 1, got {args.threads}")
+        raise UsageError(f"--threads: expected an integer >= 1, got {args.threads}")
     cfg["threads"] = base["threads"] if args.threads is None else args.threads
     cfg["clock"] = base["clock"] if args.clock == "auto" else args.clock
     cfg["isolate"] = (not args.quick) if args.isolate == "auto" else args.isolate == "on"
@@ -199,7 +201,8 @@ def measure_runtime(cfg: dict, rt: str, work: str, bar) -> list[dict]:
     return cells
 
 
-def run(args) -> dict:
+def run(args, argv: list[str] | None = None) -> dict:
+    """The bench the flags ``args`` describe; ``argv`` (the command line as given) is recorded in the result."""
     from ..files import atomic_write_bytes, atomic_write_json
 
     cfg = resolve_config(args)
@@ -210,7 +213,7 @@ def run(args) -> dict:
     machine = describe_machine(device)
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": "python -m fastmlr.bench " + " ".join(args.argv),
+        "command": "python -m fastmlr.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": cfg,
         "machine": machine,
         "paper_ms_per_image": {**PAPER_MS, **PAPER_ONLY_MS},
@@ -269,6 +272,4 @@ def main(argv=None) -> int:
     if args._cell:
         child_main(args._cell, args._cell_out)
         return 0
-    args.argv = argv
-    run(args)
-    return 0
+    return run_command(lambda: (run(args, argv), 0)[1], debug=args.debug)

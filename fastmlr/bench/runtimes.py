@@ -28,6 +28,18 @@ def _deploy(module: str, name: str):
         raise SkipCell(f"fastmlr.deploy.{module}.{name} not available: {type(e).__name__}: {e}") from e
 
 
+def _export(model, ctx, **plan):
+    """The artefacts of one column through the export pipeline (fastmlr.deploy.pipeline), unchecked and quiet."""
+    from ..deploy import pipeline  # a plain import: the bench depends on the export pipeline, visibly
+    from ..artifact.contract import make_sidecar
+
+    bs, size = ctx["batch_sizes"], ctx["image_size"]
+    model = model.cpu()
+    return pipeline.export_artefacts(
+        pipeline.ExportPlan(model, size, make_sidecar(model, size), min_batch=1, opt_batch=min(bs), max_batch=max(bs),
+                            verify=False, **plan), say=lambda line: None)
+
+
 def _load_runner(path: str, **kw):
     from .. import runtime
 
@@ -144,11 +156,8 @@ class OnnxRT(Runtime):
         return None
 
     def prepare(self, model, ctx):
-        export_onnx = _deploy("onnx", "export_onnx")
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}.onnx")
-        bs = ctx["batch_sizes"]
-        export_onnx(model.cpu(), path, ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=self.fp16, onnx_ops=self.onnx_ops)
+        _export(model, ctx, **{"onnx16" if self.fp16 else "onnx32": path}, fp16_search=False, onnx_ops=self.onnx_ops)
         opts = {"threads": ctx["threads"]} if ctx.get("threads") else {}
         runner = _load_runner(path, device=ctx["device"].type, **opts)
         ctx["provider"] = runner.provider
@@ -171,11 +180,10 @@ class AOTI(Runtime):
         return None
 
     def prepare(self, model, ctx):
-        export_aoti = _deploy("aoti", "export_aoti")
         dev = ctx["device"].type
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-aoti-{dev}.pt2")
         # Compiled for the bench's device: CUDA kernels on a GPU, C++ on the CPU.
-        export_aoti(model, path, ctx["image_size"], max_batch=max(ctx["batch_sizes"]), device=dev)
+        _export(model, ctx, aoti=path, aoti_device=dev)
         runner = _load_runner(path, device=dev)
         # Which fused ops the package holds (fastmlr's kernels by default where fastmlr._C is built).
         ctx["provider"] = f"{runner.provider}, {runner.sidecar.get('aoti_ops', 'reference')} ops"
@@ -207,15 +215,12 @@ class TensorRTFP16(Runtime):
     onnx_ops = "standard"
 
     def prepare(self, model, ctx):
-        export_onnx = _deploy("onnx", "export_onnx")
-        build_trt_engine = _deploy("trt", "build_trt_engine")
-        bs = ctx["batch_sizes"]
         stem = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}")
-        export_onnx(model.cpu(), stem + ".onnx", ctx["image_size"], min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                    fp16=True, onnx_ops=self.onnx_ops)
-        build_trt_engine(stem + ".onnx", stem + ".engine", min_batch=1, opt_batch=min(bs), max_batch=max(bs),
-                         timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"), flavour=self.flavour,
-                         targets=self.targets(ctx["device"]))
+        res = _export(model, ctx, onnx16=stem + ".fp16.onnx", trt=stem + ".engine", fp16_search=False,
+                      trt_op_set=self.onnx_ops, timing_cache=os.path.join(ctx["workdir"], "trt-timing.cache"),
+                      trt_flavour=self.flavour, trt_targets=self.targets(ctx["device"]))
+        if res.trt_error is not None:
+            raise SkipCell(f"TensorRT engine not built: {res.trt_error}")
         runner = _load_runner(stem + ".engine", device="cuda")
         ctx["provider"] = runner.provider
         return runner.run

@@ -197,6 +197,8 @@ class COCODataset(ImageListDataset):
                 data = json.load(f)
             categories = sorted(data["categories"], key=lambda c: c["id"])
             images = sorted(data["images"], key=lambda im: im["id"])
+        except RecursionError:
+            raise ValueError(f"malformed COCO annotation file {ann_path!r}: its JSON nests too deep") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"malformed COCO annotation file {ann_path!r}: {type(e).__name__}: {e}") from None
         annotations = data.get("annotations")
@@ -227,6 +229,8 @@ class COCODataset(ImageListDataset):
             labels[ann["image_id"]].add(col[ann["category_id"]])
         image_dir = os.path.join(self.root, f"{split}{year}")
         for im in images:
+            if not isinstance(im.get("file_name"), str):
+                raise ValueError(f"image {im.get('id')} in {ann_path!r} has no 'file_name' string")
             target = torch.zeros(len(self.classes))
             target[sorted(labels[im["id"]])] = 1.0
             ignore = torch.zeros(len(self.classes), dtype=torch.bool)
@@ -288,6 +292,8 @@ class ListDataset(ImageListDataset):
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+                except RecursionError:
+                    raise ValueError(f"{where}: its JSON nests too deep") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
                     raise ValueError(f'{where}: expected an object with a string "image" field, found {line.strip()!r}')
                 names = {}

@@ -9,7 +9,9 @@ first resize is ``round(S * 8/7)`` and the crop sides are ``S * scale`` for
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Sequence
 
 import numpy as np
@@ -125,10 +127,19 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     service sees it), 16-bit grey images are scaled to 8 bits (:func:`to_8bit`)
     before the RGB copy, and alpha is dropped without compositing.
     """
+    check_regular_file(path)
     with Image.open(path) as img:
         # load() forces the decode here, so a truncated file fails now and not inside the transform.
         img.load()
         return to_rgb(img)
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Raise OSError naming ``path`` unless it is a regular file: reading a FIFO or a device would block or never end."""
+    st = os.stat(path)  # FileNotFoundError names the path
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind}; expected an image file", os.fspath(path))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

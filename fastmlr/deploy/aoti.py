@@ -12,14 +12,16 @@ ops, so the package needs libtorch only. The default is "cpp" wherever
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 import torch.nn as nn
 
 from .. import ops
 from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_sidecar
-from ..files import check_replaceable, remove_stale_temps, replace_file, temp_path_for
+from ..files import atomic_write_bytes, check_replaceable, remove_stale_temps
 from ..runtime.aoti import OPS_NAMESPACE, load_package, package_custom_ops
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
 from .verify import TOLERANCE, max_abs_diff, torch_probs
@@ -123,14 +125,14 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     custom = graph_custom_ops(ep)
     check_replaceable(path, "--aoti")
     remove_stale_temps(path)
-    with torch.no_grad(), quiet():
-        tmp = temp_path_for(path, suffix=".tmp.pt2")
-        try:
-            aoti_compile_and_package(ep, package_path=tmp)
-            replace_file(tmp, path, publish=True)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    # torch's package writer aborts the process when the disk fills (c10::Error in a destructor): the package
+    # is staged in the system's temporary folder and copied beside the target by Python, whose write fails
+    # cleanly (files.NoSpace, naming the file).
+    with torch.no_grad(), quiet(), tempfile.TemporaryDirectory(prefix="fastmlr-aoti-") as stage:
+        staged = os.path.join(stage, os.path.basename(path))
+        aoti_compile_and_package(ep, package_path=staged)
+        with open(staged, "rb") as src:
+            atomic_write_bytes(path, lambda fh: shutil.copyfileobj(src, fh, 1 << 20), publish=True)
     write_sidecar(path, side, artifact={"format": "aoti"}, precision="fp32", backend=used, aoti_ops=used,
                   custom_ops=custom,
                   batch={"min": min_batch, "opt": min_batch, "max": max_batch},

@@ -65,10 +65,14 @@ class InferenceGraph(nn.Module):
         return logits, torch.sigmoid(logits)
 
 
+# The largest batch an artefact is built for: the export traces and checks with real batches of this order.
+MAX_BATCH = 1024
+
+
 def check_batch_range(min_batch: int, opt_batch: int, max_batch: int) -> None:
-    if not 1 <= min_batch <= opt_batch <= max_batch:
+    if not 1 <= min_batch <= opt_batch <= max_batch <= MAX_BATCH:
         raise ValueError(
-            f"batch range must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, "
+            f"batch range must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch <= {MAX_BATCH}, "
             f"got {min_batch}, {opt_batch}, {max_batch}"
         )
 

@@ -89,9 +89,17 @@ class Backbone(nn.Module):
                 raise FileNotFoundError(f"backbone {name}: no offline ImageNet weights found ({hint})")
         if not os.path.exists(path):
             raise FileNotFoundError(f"backbone {name}: weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:  # a text file, a truncated zip, a pickle of other objects: not a state dict
+            raise ValueError(f"backbone {name}: weights file {path} is not a torch state dict "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"backbone {name}: weights file {path} holds a {type(state).__name__}, not a state dict")
         missing, unexpected = net.load_state_dict(state, strict=False)
         body_missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
         if body_missing or len(unexpected) > 0:

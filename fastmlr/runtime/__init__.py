@@ -50,6 +50,8 @@ def load(path: str, *, device: str | None = None, class_names: Sequence[str] | N
         raise ValueError(f"{path}: unknown artefact type {ext!r}; expected one of {', '.join(EXTENSIONS)}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"artefact {path} does not exist")
+    if not os.path.isfile(path):  # a FIFO would block the hash; a folder is no artefact
+        raise ValueError(f"artefact {path} is not a regular file")
     kind = EXTENSIONS[ext]
     side = read_sidecar(path, verify_hash=verify_hash)
     check_sidecar(path, side, kind=kind, class_names=class_names, image_size=image_size, model=model,

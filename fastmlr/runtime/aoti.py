@@ -78,5 +78,7 @@ class AOTIRunner(Runner):
 
     @torch.no_grad()
     def run(self, x: torch.Tensor):
+        # The compiled package reads out of bounds on another shape (it checks nothing itself): checked here.
+        self.check_input(x, device_types=("cpu", self._device.type))
         logits, probs = self._fn(x.to(self._device))
         return logits, probs

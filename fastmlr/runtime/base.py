@@ -34,6 +34,7 @@ class Runner:
         self.threshold = float(sidecar["threshold"])
         self.thresholds = class_thresholds(sidecar)
         self.max_batch = int(sidecar.get("batch", {}).get("max", 0)) or None
+        self.min_batch = int(sidecar.get("batch", {}).get("min", 1)) or 1
         self._mean = torch.tensor(sidecar["mean"], dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(sidecar["std"], dtype=torch.float32).view(3, 1, 1)
 
@@ -60,7 +61,9 @@ class Runner:
                 return ((x - self._mean) / self._std).contiguous()
             if not images.dtype.is_floating_point:
                 raise TypeError(f"{self.path}: a {images.dtype} tensor has no known pixel scale; expected {expected}")
-            return images.detach().to("cpu", torch.float32).contiguous()
+            x = images.detach().to("cpu", torch.float32).contiguous()
+            _refuse_non_finite(self.path, x)
+            return x
         if isinstance(images, (str, os.PathLike)) or _is_pil(images):
             images = [images]  # one image alone is a batch of one (a path is not a list of characters)
         from PIL import Image
@@ -90,8 +93,29 @@ class Runner:
 
         No preprocessing and no splitting; the outputs stay where the runtime
         put them (CPU tensors, or CUDA tensors for TensorRT with ``io="torch"``).
+        Every runner checks ``x`` first (:meth:`check_input`).
         """
         raise NotImplementedError
+
+    def check_input(self, x, device_types: tuple[str, ...] = ("cpu",)) -> None:
+        """Refuse a batch the artefact was not built for, in one line: not a Tensor, not float32, not [n, 3, S, S]
+        with n in the sidecar's batch range, not contiguous (NCHW), on a device the runner cannot read, or holding
+        NaN/inf values (their probabilities would be NaN, and no label would be given without a word)."""
+        S, lo, hi = self.image_size, self.min_batch, self.max_batch
+        want = f"a contiguous float32 Tensor[n, 3, {S}, {S}] (NCHW) with n in {lo}..{hi or 'any'}"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self.path}: run() got a {type(x).__name__}; expected {want} (predict() takes images)")
+        if x.dtype != torch.float32:
+            raise TypeError(f"{self.path}: run() got a {x.dtype} tensor; expected {want}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, S, S) or x.shape[0] < lo or (hi and x.shape[0] > hi):
+            raise ValueError(f"{self.path}: run() got shape {tuple(x.shape)}; expected {want}")
+        if not x.is_contiguous():
+            raise ValueError(f"{self.path}: run() got a non-contiguous tensor (strides {x.stride()}); expected {want}: "
+                             "call .contiguous()")
+        if x.device.type not in device_types:
+            raise ValueError(f"{self.path}: run() got a tensor on {x.device}; this runner takes "
+                             f"{' or '.join(device_types)} tensors")
+        _refuse_non_finite(self.path, x)
 
     def _batches(self, images):
         x = self.preprocess(images)
@@ -116,6 +140,14 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, provider={self.provider!r}, classes={len(self.class_names)})"
+
+
+def _refuse_non_finite(path: str, x: Tensor) -> None:
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{path}: the input holds {int((~finite).sum())} NaN/inf value(s) (image(s) {bad[:8]} of the "
+                         f"batch); their probabilities would be NaN: fix the images or their normalisation")
 
 
 __all__ = ["Runner"]

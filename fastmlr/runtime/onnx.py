@@ -65,5 +65,6 @@ class OnnxRunner(Runner):
         return source, fused
 
     def run(self, x: torch.Tensor):
+        self.check_input(x)
         logits, probs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(logits), torch.from_numpy(probs)

@@ -332,6 +332,7 @@ class TensorRTRunner(Runner):
 
     def run(self, x: torch.Tensor):
         check_batch(self.path, tuple(x.shape), self._batch)
+        self.check_input(x, device_types=("cpu", "cuda"))
         logits, probs = self._io.run(self.context, x, INPUT_NAME, self._outputs)
         if self._cache is not None:
             self._cache.after_run(tuple(x.shape))

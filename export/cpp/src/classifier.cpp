@@ -6,6 +6,7 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "fastmlr/classifier.h"
@@ -239,7 +240,13 @@ class TrtBackend : public Backend {
 std::unique_ptr<Backend> load_backend(const std::string& model_path, const Sidecar& side, int cuda_device) {
   if (ends_with(model_path, ".pt2")) {
     if (side.format != "aoti") throw std::runtime_error(model_path + ": sidecar says format '" + side.format + "', not 'aoti'");
-    return std::make_unique<AotiBackend>(model_path, side);
+    try {
+      return std::make_unique<AotiBackend>(model_path, side);
+    } catch (const std::exception& e) {  // c10::Error: a multi-line C++ stack; its first line says what failed
+      std::string what = e.what();
+      throw std::runtime_error("cannot load the AOTInductor package " + model_path + ": " +
+                               what.substr(0, what.find('\n')));
+    }
   }
   if (ends_with(model_path, ".plan") || ends_with(model_path, ".engine")) {
 #ifdef FASTMLR_WITH_TENSORRT
@@ -264,7 +271,14 @@ struct Classifier::Impl {
 
 Classifier::Classifier(const std::string& artefact, const std::string& sidecar, int cuda_device)
     : impl_(std::make_unique<Impl>()) {
-  impl_->side = read_sidecar(sidecar.empty() ? artefact + ".json" : sidecar);
+  check_regular_file(artefact, "artefact");
+  const std::string side_path = sidecar.empty() ? artefact + ".json" : sidecar;
+  impl_->side = read_sidecar(side_path);
+  // As fastmlr.runtime.load: the sidecar must be the one written for this very file.
+  if (!impl_->side.sha256.empty() && file_sha256(artefact) != impl_->side.sha256)
+    throw std::runtime_error(artefact + ": sha256 differs from its sidecar's (" + impl_->side.sha256.substr(0, 12) +
+                             "...): the sidecar " + side_path + " was written for another file (re-export, or copy "
+                             "the sidecar that came with it)");
   impl_->backend = load_backend(artefact, impl_->side, cuda_device);
 }
 Classifier::~Classifier() = default;
@@ -278,9 +292,14 @@ std::string Classifier::provider() const { return impl_->backend->provider(); }
 std::vector<std::vector<float>> Classifier::predict(const std::vector<float>& batch, int n) {
   const int64_t S = impl_->side.image_size;
   const size_t per_image = static_cast<size_t>(3) * S * S;
-  if (n < 0 || batch.size() != static_cast<size_t>(n) * per_image)
+  if (n < 1 || batch.size() != static_cast<size_t>(n) * per_image)
     throw std::runtime_error("batch holds " + std::to_string(batch.size()) + " values, expected " + std::to_string(n) +
-                             " x 3 x " + std::to_string(S) + " x " + std::to_string(S));
+                             " x 3 x " + std::to_string(S) + " x " + std::to_string(S) + " (n >= 1)");
+  // As the Python runners: NaN or inf pixels would give NaN probabilities and no label without a word.
+  for (size_t k = 0; k < batch.size(); ++k)
+    if (!std::isfinite(batch[k]))
+      throw std::runtime_error("image " + std::to_string(k / per_image) + " of the batch holds NaN/inf values; its "
+                               "probabilities would be NaN: fix the input or its normalisation");
   const int step = impl_->side.max_batch > 0 ? impl_->side.max_batch : std::max(n, 1);
   std::vector<std::vector<float>> probs;
   probs.reserve(n);

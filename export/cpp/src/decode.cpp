@@ -313,10 +313,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
 }
 
 Image read_image(const std::string& path) {
+  check_regular_file(path, "image");  // before opening: opening a FIFO blocks until someone writes to it
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open image " + path);
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error(path + ": not a regular file");
   char head[2] = {0, 0};
   in.read(head, 2);
   if (in.gcount() == 2 && head[0] == 'P' && (head[1] == '5' || head[1] == '6')) return pnm_to_rgb(read_pnm(path));

@@ -101,6 +101,7 @@ Image pass(const Image& in, int out_w, int out_h, bool horizontal) {
 }  // namespace
 
 Image read_pnm(const std::string& path) {
+  check_regular_file(path, "image");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open image " + path);
   std::string magic(2, '\0');
@@ -115,6 +116,9 @@ Image read_pnm(const std::string& path) {
   const int maxval = pnm_int(in, path);
   if (maxval != 255) throw std::runtime_error(path + ": expected maxval 255, found " + std::to_string(maxval));
   if (img.width < 1 || img.height < 1) throw std::runtime_error(path + ": empty image");
+  if (static_cast<int64_t>(img.width) * img.height > kMaxImagePixels)  // before allocating what the header claims
+    throw std::runtime_error(path + ": header claims " + std::to_string(img.width) + " x " + std::to_string(img.height) +
+                             " pixels, over the limit of " + std::to_string(kMaxImagePixels));
   in.get();  // the single whitespace after maxval
   img.pixels.resize(static_cast<size_t>(img.width) * img.height * img.channels);
   in.read(reinterpret_cast<char*>(img.pixels.data()), static_cast<std::streamsize>(img.pixels.size()));
@@ -150,6 +154,7 @@ std::vector<float> preprocess(const Image& img, const Sidecar& side) {
 }
 
 std::vector<float> read_npy_f32(const std::string& path, std::vector<int64_t>& shape) {
+  check_regular_file(path, "tensor file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open tensor file " + path);
   char magic[8];
@@ -163,6 +168,8 @@ std::vector<float> read_npy_f32(const std::string& path, std::vector<int64_t>& s
   } else {
     in.read(reinterpret_cast<char*>(&header_len), 4);
   }
+  if (!in || header_len > (1u << 16))
+    throw std::runtime_error(path + ": .npy header length " + std::to_string(header_len) + " is not plausible");
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   if (header.find("'descr': '<f4'") == std::string::npos)
@@ -174,11 +181,22 @@ std::vector<float> read_npy_f32(const std::string& path, std::vector<int64_t>& s
   if (open == std::string::npos || close == std::string::npos) throw std::runtime_error(path + ": no shape in header");
   std::stringstream dims(header.substr(open + 10, close - open - 10));
   shape.clear();
-  size_t total = 1;
+  // The file's own size bounds what the header may claim: nothing is allocated beyond it.
+  const std::streamoff here = in.tellg();
+  in.seekg(0, std::ios::end);
+  const uint64_t available = static_cast<uint64_t>(in.tellg() - here) / sizeof(float);
+  in.seekg(here);
+  uint64_t total = 1;
   for (std::string d; std::getline(dims, d, ',');) {
     if (d.find_first_not_of(' ') == std::string::npos) continue;
+    const size_t first = d.find_first_not_of(' ');
+    if (d.find_first_not_of("0123456789 ", first) != std::string::npos || d.size() - first > 12)
+      throw std::runtime_error(path + ": shape entry '" + d + "' is not a dimension");
     shape.push_back(std::stoll(d));
-    total *= static_cast<size_t>(shape.back());
+    total *= static_cast<uint64_t>(shape.back());
+    if (total > available)
+      throw std::runtime_error(path + ": header claims more values than the file holds (" + std::to_string(available) +
+                               " float32 values)");
   }
   std::vector<float> data(total);
   in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(total * sizeof(float)));

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -33,9 +34,36 @@ void usage() {
                "       fastmlr_classify --decode IMAGE OUT.ppm\n";
 }
 
+// Length of the valid UTF-8 sequence at s[i] (RFC 3629: no overlongs, surrogates or code points past
+// U+10FFFF), or 0 when the bytes there are not UTF-8.
+size_t utf8_len(const std::string& s, size_t i) {
+  const auto b = [&](size_t k) { return k < s.size() ? static_cast<unsigned char>(s[k]) : 0u; };
+  const unsigned c = b(i);
+  const auto cont = [&](size_t k) { return (b(k) & 0xC0) == 0x80; };
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    const unsigned lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    return b(i + 1) >= lo && b(i + 1) <= hi && cont(i + 2) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const unsigned lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    return b(i + 1) >= lo && b(i + 1) <= hi && cont(i + 2) && cont(i + 3) ? 4 : 0;
+  }
+  return 0;
+}
+
+// A JSON string; bytes that are not UTF-8 (a file name may hold any) become U+FFFD, so every line is JSON.
 std::string json_str(const std::string& s) {
   std::string o = "\"";
-  for (char c : s) {
+  for (size_t i = 0; i < s.size();) {
+    const char c = s[i];
+    const size_t n = utf8_len(s, i);
+    if (n == 0) {
+      o += "\\ufffd";
+      ++i;
+      continue;
+    }
     if (c == '"' || c == '\\') {
       o += '\\';
       o += c;
@@ -44,8 +72,9 @@ std::string json_str(const std::string& s) {
       std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
       o += buf;
     } else {
-      o += c;
+      o.append(s, i, n);
     }
+    i += n;
   }
   return o + "\"";
 }
@@ -63,8 +92,14 @@ std::string scores_json(const std::vector<float>& p) {
   return o + "]";
 }
 
+int parse_count(const std::string& flag, const std::string& v) {
+  if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos)
+    throw std::invalid_argument(flag + ": expected a whole number from 0 to 999999, got '" + v + "'");
+  return std::stoi(v);
+}
+
 int parse_device(const std::string& d) {
-  if (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos)
+  if (d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() <= 8 && d.find_first_not_of("0123456789", 5) == std::string::npos)
     return std::stoi(d.substr(5));
   if (d == "cuda") return 0;
   throw std::invalid_argument("--device: expected cuda or cuda:N, got '" + d + "'");
@@ -97,6 +132,9 @@ int serve(fastmlr::Classifier& clf) {
 }
 
 int decode(const std::string& in, const std::string& out) {
+  std::error_code ec;
+  if (std::filesystem::equivalent(in, out, ec))  // false (with ec set) when OUT does not exist yet
+    throw std::runtime_error("--decode " + in + " " + out + ": the output is the input image; it would be overwritten");
   const fastmlr::Image img = fastmlr::read_image(in);
   const std::string tmp = out + ".tmp";
   {
@@ -125,7 +163,7 @@ int main(int argc, char** argv) {
       else if (a == "--json") json = true;
       else if (a == "--serve" || a == "--stdin") serving = true;
       else if (a == "--decode" && i + 2 < argc) decodes.emplace_back(argv[i + 1], argv[i + 2]), i += 2;
-      else if (a == "--top" && i + 1 < argc) top = std::stoi(argv[++i]);
+      else if (a == "--top" && i + 1 < argc) top = parse_count("--top", argv[++i]);
       else if (a == "-h" || a == "--help") { usage(); return 0; }
       else if (a.rfind("--", 0) == 0) throw std::invalid_argument("unknown or incomplete option " + a);
       else if (model.empty()) model = a;

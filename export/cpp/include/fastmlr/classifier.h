@@ -34,13 +34,26 @@ struct Sidecar {
   std::string format;              // "aoti" | "tensorrt" | "onnx"
   std::string precision;           // "fp32" | "fp16"
   int max_batch = 0;
+  std::string sha256;              // the artefact's, from "artifact": checked by the Classifier when present
 
   // The threshold class C is decided with.
   float threshold_for(size_t c) const { return thresholds.empty() ? threshold : thresholds.at(c); }
 };
 
-// Reads PATH (JSON). Throws std::runtime_error naming the file and the missing or malformed field.
+// Bounds on what a file may claim: the model's input side (as fastmlr.engine.MAX_IMAGE_SIZE), and an
+// image's decoded pixels (Pillow's DecompressionBombError limit), checked before anything is allocated.
+constexpr int kMaxImageSize = 4096;
+constexpr int64_t kMaxImagePixels = 2 * 89478485;
+
+// Reads PATH (JSON), checks its integrity record (a sidecar edited after export is refused, naming the
+// fields, as fastmlr.runtime does). Throws std::runtime_error naming the file and what is wrong.
 Sidecar read_sidecar(const std::string& path);
+
+// The hex sha256 of a file's bytes; throws naming the file when it is missing or not a regular file.
+std::string file_sha256(const std::string& path);
+// Throws std::runtime_error naming PATH (and WHAT it is) unless it is an existing regular file (a FIFO
+// would block the reader).
+void check_regular_file(const std::string& path, const std::string& what);
 
 // An 8-bit image, interleaved channels, row-major. Decoders return channels == 3 (RGB); classify()
 // also takes channels == 1 (grey, copied to R, G and B).
