@@ -4,11 +4,12 @@
 // (anonymous namespace) and includes nothing but the coefficients, so that no inline function compiled
 // for AVX-512 can be merged by the linker into code that runs on a CPU without it.
 //
-// V provides: type R (register of V::kW floats), I (of kW int32), M (a lane mask); set1, seti, addi, load,
-// load_n (the first n lanes, zeros elsewhere), store, add, mul, fmadd(a, b, c) = a b + c,
-// clamp(x, -h, h) (tanh_fast's clamps, x < -h ? -h : x then x > h ? h : x, NaN kept), clamp_no_nan
-// (the same for a number; anything for a NaN), div, sum (of the lanes), gt_or_nan(v, b) (v > b, or v NaN and b not: pool_row's rule), select / select_i (b where the
-// mask is off, v where it is on).
+// V provides: type R (register of V::kW floats), I (of kW int32), M (a lane mask); set1, seti, addi,
+// load, load_n (the first n lanes, zeros elsewhere), store, store_n, store_i, add, mul,
+// fmadd(a, b, c) = a b + c, clamp(x, -h, h) (tanh_fast's clamps, x < -h ? -h : x then x > h ? h : x,
+// NaN kept), clamp_no_nan (the same for a number; anything for a NaN), div, sum (of the lanes),
+// gt_or_nan(v, b) (v > b, or v NaN and b not: pool_row's rule), select / select_i (b where the mask is
+// off, v where it is on).
 #pragma once
 
 #include "tanh_coeffs.h"
