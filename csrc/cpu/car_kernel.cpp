@@ -101,38 +101,30 @@ using PoolTile = void (*)(const float*, const float*, const float*, const float*
                          int32_t*, float*, int32_t*);
 using TanhRow = void (*)(const float*, int64_t, float*);
 
-SaRow sa_row_simd() {
+// One table per ISA, so adding a kernel or an ISA is one row, not one more switch.
+struct SimdKernels {
+  SaRow sa_row;
+  PoolTile pool_tile;
+  TanhRow tanh_row;
+};
+
+// nullptr where the generic loops run.
+const SimdKernels* simd_kernels() {
 #if FMLR_X86_SIMD
+  static const SimdKernels avx512{&simd::sa_row_avx512, &simd::pool_tile_avx512, &simd::tanh_avx512};
+  static const SimdKernels avx2{&simd::sa_row_avx2, &simd::pool_tile_avx2, &simd::tanh_avx2};
   switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return &simd::sa_row_avx512;
-    case CpuIsa::kAvx2: return &simd::sa_row_avx2;
+    case CpuIsa::kAvx512: return &avx512;
+    case CpuIsa::kAvx2: return &avx2;
     default: break;
   }
 #endif
   return nullptr;
 }
 
-PoolTile pool_tile_simd() {
-#if FMLR_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return &simd::pool_tile_avx512;
-    case CpuIsa::kAvx2: return &simd::pool_tile_avx2;
-    default: break;
-  }
-#endif
-  return nullptr;
-}
-
-TanhRow tanh_row_simd() {
-#if FMLR_X86_SIMD
-  switch (cpu_isa()) {
-    case CpuIsa::kAvx512: return &simd::tanh_avx512;
-    case CpuIsa::kAvx2: return &simd::tanh_avx2;
-    default: break;
-  }
-#endif
-  return nullptr;
-}
+SaRow sa_row_simd() { return simd_kernels() ? simd_kernels()->sa_row : nullptr; }
+PoolTile pool_tile_simd() { return simd_kernels() ? simd_kernels()->pool_tile : nullptr; }
+TanhRow tanh_row_simd() { return simd_kernels() ? simd_kernels()->tanh_row : nullptr; }
 
 // Eq. 5 with the explicit float32 kernels; false (nothing done) where they do not run.
 bool sa_forward_simd(const float* up, const float* wp, const float* sp, float b, int64_t N, int64_t C, int64_t P,
