@@ -56,7 +56,7 @@ $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h csrc/*/*.h)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 numpy Pillow tqdm setuptools wheel ninja \
 	    onnx onnxruntime onnxruntime-extensions onnxscript pytest pytest-benchmark scikit-learn matplotlib \
 	    tensorrt-rtx

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "tanh_coeffs.h"
+
 #if defined(__CUDACC__)
 #define FMLR_HD __host__ __device__ __forceinline__
 #else
@@ -80,18 +82,19 @@ FMLR_HD float tanh_fast(float x) {
 #if defined(__CUDA_ARCH__)
   return tanhf(x);
 #else
-  x = x < -9.0f ? -9.0f : x;
-  x = x > 9.0f ? 9.0f : x;
+  using namespace tanh_coeffs;
+  x = x < -kClamp ? -kClamp : x;
+  x = x > kClamp ? kClamp : x;
   const float z = x * x;
-  float p = 1.3339418458713226e-08f;
-  p = p * z + 2.0597106413333677e-05f;
-  p = p * z + 3.4948219545185566e-03f;
-  p = p * z + 1.3380371034145355e-01f;
+  float p = kP[0];
+  p = p * z + kP[1];
+  p = p * z + kP[2];
+  p = p * z + kP[3];
   p = p * z + 1.0f;
-  float q = 7.770027536935231e-07f;
-  q = q * z + 3.2844077213667333e-04f;
-  q = q * z + 2.587403543293476e-02f;
-  q = q * z + 4.671368896961212e-01f;
+  float q = kQ[0];
+  q = q * z + kQ[1];
+  q = q * z + kQ[2];
+  q = q * z + kQ[3];
   q = q * z + 1.0f;
   // Near |x| = 9 the rounded quotient can pass 1 by one float spacing: kept in
   // [-1, 1], so that 1 - t^2 (the backward's derivative) is never negative.

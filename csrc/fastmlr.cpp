@@ -13,6 +13,8 @@
 #endif
 #include <torch/library.h>
 
+#include "cpu/car_simd.h"
+
 #ifndef FASTMLR_OPS_NO_PYTHON
 extern "C" {
 // `import fastmlr._C` only has to load this library so that the static
@@ -31,8 +33,11 @@ PyObject* PyInit__C(void) {
 #else
   constexpr long kWithCuda = 0;
 #endif
-  // Lets tests tell "built without CUDA" from "CUDA kernels failed to register".
-  if (module != nullptr && PyModule_AddIntConstant(module, "with_cuda", kWithCuda) != 0) {
+  // Lets tests tell "built without CUDA" from "CUDA kernels failed to register", and which float32 CPU
+  // kernels this process runs (csrc/cpu/car_simd.h: avx512, avx2 or default).
+  if (module != nullptr && (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) != 0 ||
+                            PyModule_AddStringConstant(module, "cpu_capability",
+                                                       fastmlr::cpu_isa_name(fastmlr::cpu_isa())) != 0)) {
     Py_DECREF(module);
     return nullptr;
   }

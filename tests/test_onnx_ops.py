@@ -203,3 +203,64 @@ def test_unknown_op_set_is_refused_in_one_line(tmp_path):
         ex.build_parser().parse_args(["--onnx-ops", "tiny"])
     with pytest.raises(ValueError, match="--onnx-ops must be one of standard, fused"):
         donnx.export_onnx(_model("srdl"), str(tmp_path / "x.onnx"), SIZE, onnx_ops="tiny")
+
+
+@needs_ext
+def test_fused_outputs_go_back_as_arrays_and_other_pyops_keep_the_library_callback(monkeypatch, capsys):
+    """fastmlr's PyOps hand ONNX Runtime float32 arrays (onnxruntime_fused._install_array_outputs); a PyOp of
+    anyone else in the same process still goes through onnxruntime-extensions' own callback, and runs."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime_extensions import PyCustomOpDef, _ocos, get_library_path, onnx_op
+    from onnxruntime_extensions._ocos import default_opset_domain
+
+    from fastmlr.runtime import onnx_fused
+
+    calls = []
+    stock = _ocos._on_pyop_invocation
+
+    def counting_stock(k_id, feed, attributes):
+        calls.append(k_id)
+        return stock(k_id, feed, attributes)
+
+    monkeypatch.setattr(_ocos, "_on_pyop_invocation", counting_stock)
+
+    @onnx_op(op_type="FastmlrTestTwice", inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
+    def twice(x):
+        return x * 2
+
+    @onnx_op(op_type="FastmlrTestHalf", inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
+    def half(x):
+        return (x * 0.5).astype(np.float64)  # not float32: the array path must convert, as the lists did
+
+    try:
+        assert onnx_fused._install_array_outputs({half._id})
+        dom = default_opset_domain()
+        nodes = [helper.make_node("FastmlrTestTwice", ["x"], ["y"], domain=dom),
+                 helper.make_node("FastmlrTestHalf", ["y"], ["z"], domain=dom)]
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 5]) for n in ("x", "z")]
+        m = helper.make_model(helper.make_graph(nodes, "g", vi[:1], vi[1:]),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(dom, 1)])
+        opts = ort.SessionOptions()
+        opts.register_custom_ops_library(get_library_path())
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        x = np.arange(15, dtype=np.float32).reshape(3, 5) - 7.25
+        (z,) = sess.run(None, {"x": x})
+        assert z.dtype == np.float32 and np.array_equal(z, x)  # (2 x) / 2, exact
+        assert calls == [twice._id]  # only the other PyOp went through the library's callback
+    finally:
+        # Back to what the process had: fastmlr's callback for its own PyOps if they are registered.
+        monkeypatch.undo()
+        from fastmlr.deploy.onnx_ops import fused_node_types
+
+        ours = {d._id for d in _ocos.Opdef._odlist.values() if d.op_type in fused_node_types()}
+        if ours:
+            onnx_fused._install_array_outputs(ours)
+        else:
+            PyCustomOpDef.install_hooker(_ocos._on_pyop_invocation)
+    # Without the library internals it replaces: one line, nothing installed, and the lists stay.
+    monkeypatch.delattr(_ocos, "_on_pyop_invocation")
+    assert not onnx_fused._install_array_outputs(set())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Python lists" in err[0]

@@ -85,6 +85,17 @@ def test_car_pool_exact_values_and_first_argmax():
     assert torch.all(sa1.grad[..., 0] == 2.0) and torch.all(sa1.grad[..., 1:] == 0)
 
 
+def test_car_pool_exact_over_several_column_tiles():
+    # D = 130: the explicit kernels' column tiles (64) twice and a partial one; C odd: categories in pairs and one
+    # alone; P = 196 (ResNet at 448 px). Values equal to the reference's, positions its first maxima.
+    _, _, _, _, f, ca = _car_inputs(2, 5, 196, 130, torch.float32, seed=5)
+    sa = torch.rand(2, 5, 196, generator=torch.Generator().manual_seed(6))
+    feat, idx = OPS.car_pool(f, sa, ca)
+    torch.testing.assert_close(feat, reference.car_pool_ref(f, sa, ca), atol=0, rtol=0)
+    candidates = (0.5 * f)[:, None] * (sa[:, :, None, :] + ca[:, :, :, None])  # N, C, D, P
+    assert torch.equal(idx, candidates.argmax(dim=-1))  # argmax: the first maximal p
+
+
 def test_car_non_contiguous_inputs():
     u, wc, s, b, f, ca = _car_inputs(2, 3, 7, 5, torch.float64)
     u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
@@ -283,3 +294,85 @@ def test_tanh_fast_inside_car_spatial_attention_is_the_float32_tolerance():
     want = reference.car_spatial_attention_ref(u, wc, s, b)
     got = OPS.car_spatial_attention(u.float(), wc.float(), s.float(), b.float())
     _close(got, want, torch.float32, "car_spatial_attention, D = 2048")
+
+
+# ---------------------------------------------------------------- the explicit AVX-512 / AVX2 kernels and their choice
+
+CAPABILITIES = ("avx512", "avx2", "default")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _best_capability(flags: set[str]) -> str:
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return "default"
+    if {"avx512f", "avx512dq"} <= flags:
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "default"
+
+
+def _child(env_update: dict, code: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTMLR_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY")}
+    env.update(env_update)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skipif(not _cpu_flags(), reason="needs /proc/cpuinfo to know what the CPU has")
+def test_cpu_capability_is_the_best_the_cpu_has_unless_capped():
+    best = _best_capability(_cpu_flags())
+    code = "import torch, fastmlr._C as c; print(c.cpu_capability)"
+    r = _child({}, code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [best] and "fastmlr:" not in r.stderr
+    # ATen's variable caps it too; FASTMLR_CPU_CAPABILITY wins over it.
+    r = _child({"ATEN_CPU_CAPABILITY": "default"}, code)
+    assert r.stdout.split() == ["default"], r.stderr
+    r = _child({"ATEN_CPU_CAPABILITY": "default", "FASTMLR_CPU_CAPABILITY": best}, code)
+    assert r.stdout.split() == [best], r.stderr
+    # An unknown name: one line saying so, and the best the CPU has.
+    r = _child({"FASTMLR_CPU_CAPABILITY": "sse9"}, code)
+    assert r.stdout.split() == [best]
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("fastmlr:")]
+    assert len(said) == 1 and "FASTMLR_CPU_CAPABILITY=sse9" in said[0] and best in said[0], r.stderr
+    # More than the CPU has (only testable where it lacks AVX-512): refused in one line, best used.
+    if best != "avx512":
+        r = _child({"FASTMLR_CPU_CAPABILITY": "avx512"}, code)
+        assert r.stdout.split() == [best] and "asks for more than this CPU has" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_every_cpu_path_passes_the_op_tests(capability):
+    """The CAR ops' value, exactness, NaN and tanh-bound tests, re-run in a process forced onto each ISA path
+    (the in-process run of those tests covers only the best path of this CPU)."""
+    flags = _cpu_flags()
+    order = CAPABILITIES[::-1]
+    if order.index(capability) > order.index(_best_capability(flags)):
+        pytest.skip(f"this CPU has no {capability} (flags: {sorted(flags & {'avx2', 'fma', 'avx512f', 'avx512dq'})})")
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (
+        "import sys, pytest, torch, fastmlr._C as c\n"
+        f"assert c.cpu_capability == {capability!r}, c.cpu_capability\n"
+        f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', r'{here}/test_op_car.py', r'{here}/test_ops_cpp.py',"
+        " '-k', '(test_op_car and cpp and not cuda) or tanh_fast or exact_values or several_column_tiles"
+        " or non_contiguous']))\n"
+    )
+    r = _child({"FASTMLR_CPU_CAPABILITY": capability}, code)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "car_math.h"
+#include "car_simd.h"
 #include "checks.h"
 
 namespace fastmlr {
@@ -93,6 +94,66 @@ FMLR_CPU_CLONES void sa_backward_row(const T* __restrict__ u, const T* __restric
   }
 }
 
+// The explicit float32 kernels of this CPU (car_simd.h), or nullptr: the generic loops run (double,
+// FASTMLR_CPU_CAPABILITY=default, or a CPU/compiler without them).
+using SaRow = void (*)(const float*, const float*, const float*, int64_t, int64_t, float*, int64_t, bool);
+using PoolTile = void (*)(const float*, const float*, const float*, const float*, const float*, int64_t, float*,
+                         int32_t*, float*, int32_t*);
+using TanhRow = void (*)(const float*, int64_t, float*);
+
+// One table per ISA, so adding a kernel or an ISA is one row, not one more switch.
+struct SimdKernels {
+  SaRow sa_row;
+  PoolTile pool_tile;
+  TanhRow tanh_row;
+};
+
+// nullptr where the generic loops run.
+const SimdKernels* simd_kernels() {
+#if FMLR_X86_SIMD
+  static const SimdKernels avx512{&simd::sa_row_avx512, &simd::pool_tile_avx512, &simd::tanh_avx512};
+  static const SimdKernels avx2{&simd::sa_row_avx2, &simd::pool_tile_avx2, &simd::tanh_avx2};
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: return &avx512;
+    case CpuIsa::kAvx2: return &avx2;
+    default: break;
+  }
+#endif
+  return nullptr;
+}
+
+SaRow sa_row_simd() { return simd_kernels() ? simd_kernels()->sa_row : nullptr; }
+PoolTile pool_tile_simd() { return simd_kernels() ? simd_kernels()->pool_tile : nullptr; }
+TanhRow tanh_row_simd() { return simd_kernels() ? simd_kernels()->tanh_row : nullptr; }
+
+// Eq. 5 with the explicit float32 kernels; false (nothing done) where they do not run.
+bool sa_forward_simd(const float* up, const float* wp, const float* sp, float b, int64_t N, int64_t C, int64_t P,
+                     int64_t D, float* op) {
+  const auto row = sa_row_simd();
+  if (!row) return false;
+  // Finite u and wc (one pass over each, shared by the C x P x D products): no product is NaN.
+  const auto all_finite = [](const float* x, int64_t n) {
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+    return ok;
+  };
+  const bool finite = all_finite(up, N * P * D) && all_finite(wp, C * D);
+  // Grain: a few rows per task; each row is C x D tanh evaluations.
+  at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / P, p = r % P;
+      float* o = op + n * C * P + p;
+      row(up + r * D, wp, sp, C, D, o, P, finite);
+      for (int64_t c = 0; c < C; ++c) o[c * P] = sigmoid(b + o[c * P]);
+    }
+  });
+  return true;
+}
+bool sa_forward_simd(const double*, const double*, const double*, double, int64_t, int64_t, int64_t, int64_t,
+                     double*) {
+  return false;
+}
+
 at::Tensor car_spatial_attention_cpu(const at::Tensor& u_, const at::Tensor& wc_, const at::Tensor& s_,
                                      const at::Tensor& b_) {
   check_car_spatial_attention(u_, wc_, s_, b_);
@@ -110,6 +171,7 @@ at::Tensor car_spatial_attention_cpu(const at::Tensor& u_, const at::Tensor& wc_
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     // Grain: a few rows per task; each row is C x D tanh evaluations.
+    if (sa_forward_simd(up, wp, sp, b, N, C, P, D, op)) return;
     at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / P, p = r % P;
@@ -204,18 +266,59 @@ FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa
 // stays in the L2 cache while every category of a task reads it.
 constexpr int64_t kPoolBlock = 256;
 
+// car_pool with the explicit kernels: 0.5 f (exact) and ca zero-padded to whole tiles of kPoolTile
+// columns, f laid out as [N][tiles][P][kPoolTile]; one task per (n, tile) runs every category over its
+// tile while it is in cache. Values and positions as pool_row's (same rounding, ties, NaN rule).
+void car_pool_tiled(PoolTile tile, const at::Tensor& f, const at::Tensor& sa, const at::Tensor& ca_,
+                    at::Tensor& feat, at::Tensor& idx) {
+  const int64_t N = f.size(0), D = f.size(1), P = f.size(2), C = sa.size(1);
+  const int64_t T = (D + kPoolTile - 1) / kPoolTile, pad = T * kPoolTile - D;
+  const auto hf = at::constant_pad_nd(f * 0.5, {0, 0, 0, pad}).view({N, T, kPoolTile, P}).transpose(2, 3).contiguous();
+  const auto ca = at::constant_pad_nd(ca_, {0, pad}).contiguous();  // [N, C, T * kPoolTile]
+  const float* fp = hf.const_data_ptr<float>();
+  const float* sp = sa.const_data_ptr<float>();
+  const float* cp = ca.const_data_ptr<float>();
+  float* op = feat.mutable_data_ptr<float>();
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float best[2][kPoolTile];
+    alignas(64) int32_t arg[2][kPoolTile];
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / T, k0 = (r % T) * kPoolTile, K = std::min(kPoolTile, D - k0);
+      for (int64_t c = 0; c < C; c += 2) {
+        const int64_t nc = n * C + c, two = std::min<int64_t>(2, C - c);
+        const float* cp0 = cp + nc * T * kPoolTile + k0;
+        tile(fp + r * P * kPoolTile, sp + nc * P, cp0, two == 2 ? sp + (nc + 1) * P : nullptr,
+             cp0 + T * kPoolTile, P, best[0], arg[0], best[1], arg[1]);
+        for (int64_t j = 0; j < two; ++j) {
+          for (int64_t k = 0; k < K; ++k) {
+            op[(nc + j) * D + k0 + k] = best[j][k];
+            ip[(nc + j) * D + k0 + k] = arg[j][k];
+          }
+        }
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_) {
   check_car_pool(f_, sa_, ca_);
   TORCH_CHECK(f_.device().is_cpu(), "car_pool: expected CPU tensors, got ", f_.device());
   const int64_t N = f_.size(0), D = f_.size(1), P = f_.size(2), C = sa_.size(1);
   TORCH_CHECK(P <= std::numeric_limits<int32_t>::max(), "car_pool: P = ", P, " exceeds the int32 range");
-  // 0.5 f transposed to [N, P, D] (the size of f, never N x C x P x D).
-  const auto hf = (f_ * 0.5).transpose(1, 2).contiguous();
   const auto sa = sa_.contiguous();
-  const auto ca = ca_.contiguous();
   auto feat = at::empty({N, C, D}, f_.options());
   auto idx = at::empty({N, C, D}, f_.options().dtype(at::kLong));
   if (feat.numel() == 0) return {feat, idx};
+  if (f_.scalar_type() == at::kFloat) {
+    if (const auto tile = pool_tile_simd()) {
+      car_pool_tiled(tile, f_, sa, ca_, feat, idx);
+      return {feat, idx};
+    }
+  }
+  // 0.5 f transposed to [N, P, D] (the size of f, never N x C x P x D).
+  const auto hf = (f_ * 0.5).transpose(1, 2).contiguous();
+  const auto ca = ca_.contiguous();
   AT_DISPATCH_FLOATING_TYPES(f_.scalar_type(), "car_pool_cpu", [&] {
     const scalar_t* fp = hf.const_data_ptr<scalar_t>();
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
@@ -307,8 +410,13 @@ at::Tensor tanh_fast_cpu(const at::Tensor& x_) {
   auto y = at::empty_like(x);
   const float* xp = x.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
+  const auto simd_row = tanh_row_simd();
   at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-    tanh_row<float>(xp + begin, end - begin, yp + begin);
+    if (simd_row) {
+      simd_row(xp + begin, end - begin, yp + begin);
+    } else {
+      tanh_row<float>(xp + begin, end - begin, yp + begin);
+    }
   });
   return y;
 }

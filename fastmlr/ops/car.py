@@ -68,7 +68,9 @@ def car_spatial_attention_dec(u: Tensor, wc: Tensor, s: Tensor, b: Tensor) -> Te
     parts = []
     for c0, c1 in chunks(wc.shape[0], P * D):
         t = torch.tanh(u[:, None, :, :] * wc[None, c0:c1, None, :])  # N, c, P, D
-        parts.append(torch.matmul(t, s))  # N, c, P
+        # A product and a sum, not matmul(t, s): ONNX Runtime runs a MatMul by a 1-D s as a GEMM with one
+        # column, 1.2 ms per chunk of 2 x 196 x 2048 against 0.14 ms for Mul + ReduceSum (CPU, 1 thread).
+        parts.append((t * s).sum(dim=-1))  # N, c, P
     z = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return torch.sigmoid(z + b)
 
