@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit")
     o.add_argument("--timing-cache", default=None, help="TensorRT timing cache (default: beside the engine)")
     o.add_argument("--verify-images", nargs="*", default=None, metavar="IMAGE",
-                   help="real images for the checks (default: 8 validation mosaics)")
+                   help="real images for the checks and the fp16 search (default: 8 of the model's own validation images)")
     o.add_argument("--validate-mosaics", type=int, default=0, metavar="N",
                    help="with --fp16: mAP of fp32 vs fp16 on N validation mosaics (10-class models)")
     o.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
@@ -187,7 +187,7 @@ def run(args) -> int:
     verify = not args.no_verify
     real, real_desc = (None, "not checked")
     if verify:
-        real, real_desc = real_images(size, paths=args.verify_images)
+        real, real_desc = real_images(size, paths=args.verify_images, model=model)
     stem = _stem(args.onnx or args.trt or os.path.join(args.triton_repo or ".", f"fastmlr_{side['model']}"))
     # TensorRT builds from the fp16 graph; Triton serves ONNX when no engine can be built.
     need_fp32 = bool(args.onnx or args.triton_repo)
