@@ -41,7 +41,9 @@ _COUNTS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastmlr.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a fastmlr checkpoint (last.pt / best.pt)")
-    p.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
+    p.add_argument("--data", default=None,
+                   help="mosaics | voc | coco | list (default: the model's own validation data, as its run recorded "
+                   "it: a list run's held-out share included; mosaics for a checkpoint with no record)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--classes-file", default=None, help="list format: class names, one per line")
     p.add_argument("--split", default=None, help="default: test (voc), val (others)")
@@ -101,14 +103,25 @@ def _evaluate(args, device) -> dict:
     ckpt = load_checkpoint(args.checkpoint)
     size = args.image_size or ckpt.get("image_size") or 448
     kw = {}
-    if args.data == "mosaics":
+    run = ckpt.get("args") or {}
+    own = args.data is None and bool(run.get("data"))
+    if args.data is None:
+        args.data = run.get("data") or "mosaics"
+    if own:
+        from .data.splits import run_datasets
+
+        _, ds, where = run_datasets(run, image_size=size, train_only_val=True, classes=list(ckpt["class_names"]))
+        print(f"data: the model's own {where}", file=sys.stderr)
+        root, split = run.get("val_data_root") or run.get("data_root"), "val (the run's own)"
+    elif args.data == "mosaics":
         train_seed = ckpt.get("args", {}).get("seed", 0)
         kw = dict(num_images=args.num_images, seed=args.seed if args.seed is not None else train_seed + 1)
     elif args.data == "list":
         kw["classes_file"] = args.classes_file
-    root = args.data_root
-    split = args.split or ("test" if args.data == "voc" else "val")
-    ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
+    if not own:
+        root = args.data_root
+        split = args.split or ("test" if args.data == "voc" else "val")
+        ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
     check_compatible(ckpt, class_names=list(ds.classes))
     model = model_from_checkpoint(ckpt).to(device)
     loader = torch.utils.data.DataLoader(
@@ -132,7 +145,7 @@ def _evaluate(args, device) -> dict:
     elif checkpoint_thresholds(ckpt) is not None:
         m["checkpoint_thresholds"] = _at(scores, targets, ignore, checkpoint_thresholds(ckpt))
         m["checkpoint_thresholds"]["fit"] = ckpt.get("thresholds_fit") or {}
-    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split}.json"
+    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split.split()[0]}.json"
     return m
 
 
