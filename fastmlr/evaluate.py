@@ -105,23 +105,22 @@ def _evaluate(args, device) -> dict:
     kw = {}
     run = ckpt.get("args") or {}
     own = args.data is None and bool(run.get("data"))
-    if args.data is None:
-        args.data = run.get("data") or "mosaics"
+    data = args.data or run.get("data") or "mosaics"
     if own:
         from .data.splits import run_datasets
 
         _, ds, where = run_datasets(run, image_size=size, train_only_val=True, classes=list(ckpt["class_names"]))
         print(f"data: the model's own {where}", file=sys.stderr)
         root, split = run.get("val_data_root") or run.get("data_root"), "val (the run's own)"
-    elif args.data == "mosaics":
+    elif data == "mosaics":
         train_seed = ckpt.get("args", {}).get("seed", 0)
         kw = dict(num_images=args.num_images, seed=args.seed if args.seed is not None else train_seed + 1)
-    elif args.data == "list":
+    elif data == "list":
         kw["classes_file"] = args.classes_file
     if not own:
-        root = args.data_root
-        split = args.split or ("test" if args.data == "voc" else "val")
-        ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
+        root = data_root
+        split = args.split or ("test" if data == "voc" else "val")
+        ds = build_dataset(data, root, split=split, image_size=size, train=False, **kw)
     check_compatible(ckpt, class_names=list(ds.classes))
     model = model_from_checkpoint(ckpt).to(device)
     loader = torch.utils.data.DataLoader(
@@ -131,12 +130,12 @@ def _evaluate(args, device) -> dict:
     m = multilabel_metrics(scores, targets, ignore, threshold=args.threshold)
     m["F1"] = per_class_f1(scores, targets, ignore, args.threshold)
     m.update(
-        checkpoint=os.path.abspath(args.checkpoint), data=args.data, split=split, image_size=size,
+        checkpoint=os.path.abspath(args.checkpoint), data=data, split=split, image_size=size,
         skipped_images=skipped, class_names=list(ds.classes), model=ckpt["model"],
     )
     if args.calibrate_thresholds:
         fit = fit_thresholds(scores, targets, ignore, min_positives=args.min_positives, default=args.threshold)
-        where = dict(data=args.data, data_root=os.path.abspath(root) if root else None, split=split,
+        where = dict(data=data, data_root=os.path.abspath(root) if root else None, split=split,
                      num_images=m["n_images"], image_size=size, **({"seed": kw["seed"]} if "seed" in kw else {}))
         m["calibrated"] = _at(scores, targets, ignore, fit["thresholds"])
         m["calibrated"]["fit"] = {**where, **{k: fit[k] for k in ("fitted", "positives", "min_positives", "default")},
@@ -145,7 +144,7 @@ def _evaluate(args, device) -> dict:
     elif checkpoint_thresholds(ckpt) is not None:
         m["checkpoint_thresholds"] = _at(scores, targets, ignore, checkpoint_thresholds(ckpt))
         m["checkpoint_thresholds"]["fit"] = ckpt.get("thresholds_fit") or {}
-    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split.split()[0]}.json"
+    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{data}-{split.split()[0]}.json"
     return m
 
 
