@@ -219,3 +219,20 @@ def test_every_command_runs_as_fastmlr_cmd():
     for argv in ([], ["nope"]):
         r = subprocess.run([sys.executable, "-m", "fastmlr", *argv], capture_output=True, text=True, env=env)
         assert r.returncode == 2 and "usage: fastmlr CMD" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_checks_use_the_models_own_validation_images(tmp_path, fm):
+    import types
+
+    from fastmlr.data import FASHION_CLASSES
+    from fastmlr.deploy.verify import real_images
+
+    labels = photos(tmp_path)
+    run = {"data": "list", "data_root": str(labels), "image_size": 32, "seed": 0, "val_fraction": 0.5}
+    x, said = real_images(32, n=8, model=types.SimpleNamespace(train_args=run, class_names=["bird", "cat", "dog"]))
+    assert x.shape == (3, 3, 32, 32) and "model's own validation: 3 of the 6 images" in said
+    mosaics = {"data": "mosaics", "data_root": fm, "val_size": 4, "train_size": 4, "seed": 2, "image_size": 32}
+    x, said = real_images(32, n=2, model=types.SimpleNamespace(train_args=mosaics, class_names=list(FASHION_CLASSES)))
+    assert x.shape == (2, 3, 32, 32) and "mosaics" in said
+    x, said = real_images(32, model=types.SimpleNamespace(train_args={}, class_names=["a", "b"]))
+    assert x is None and "--verify-images" in said and "no mosaics model" in said
