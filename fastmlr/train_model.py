@@ -38,13 +38,14 @@ def model_cfg(args, classes, train_ds=None, log=print) -> dict:
     for option, (_flag, value) in train_args.OPTION_FLAGS.items():
         if option in info.options and value(args) is not None:
             cfg[option] = value(args)
-    if args.adjacency != "learned":
+    adjacency = args.adjacency or info.defaults.get("adjacency", "learned")  # check_args resolves it first
+    if adjacency != "learned":
         from .cooccurrence import dataset_cooccurrence, load_adjacency
 
-        if args.adjacency == "cooccurrence":
+        if adjacency == "cooccurrence":
             cfg["adjacency"] = dataset_cooccurrence(train_ds)
         else:
-            cfg["adjacency"] = load_adjacency(args.adjacency, classes)
+            cfg["adjacency"] = load_adjacency(adjacency, classes)
     return cfg
 
 
