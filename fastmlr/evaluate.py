@@ -118,7 +118,7 @@ def _evaluate(args, device) -> dict:
     elif data == "list":
         kw["classes_file"] = args.classes_file
     if not own:
-        root = data_root
+        root = args.data_root
         split = args.split or ("test" if data == "voc" else "val")
         ds = build_dataset(data, root, split=split, image_size=size, train=False, **kw)
     check_compatible(ckpt, class_names=list(ds.classes))
