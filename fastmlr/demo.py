@@ -174,7 +174,7 @@ def _attention_figure(args) -> str:
 
     from .checkpoint import atomic_write_bytes, model_from_checkpoint
     from .data import FashionMosaics
-    from .predict import draw_attention
+    from .figures import draw_attention_tensors
 
     model = model_from_checkpoint(os.path.join(args.out, "srdl", "last.pt")).eval()
     ds = FashionMosaics("val", num_images=args.val_size, image_size=args.image_size, seed=args.seed + 1)
@@ -183,7 +183,7 @@ def _attention_figure(args) -> str:
         probs = torch.sigmoid(model(images))
         maps = model.attention_maps(images)
     path = os.path.join(args.out, "srdl_attention.png")
-    canvas = draw_attention(images, maps, probs, model.class_names)
+    canvas = draw_attention_tensors(images, maps, probs, model.class_names)
     atomic_write_bytes(path, lambda fh: canvas.save(fh, format="PNG"))
     print(f"SRDL attention maps of 4 validation mosaics: {path}")
     return path

@@ -30,7 +30,7 @@ def demo_deployment(checkpoint: str, out_dir: str, image_size: int | None = None
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, side["model"])
     paths = {"onnx fp32": stem + ".onnx", "onnx fp16": stem + ".fp16.onnx", "aoti": stem + ".pt2"}
-    real, _ = real_images(size, n=max_batch)
+    real, _ = real_images(size, n=max_batch, model=model)
     print(f"\n== deployment: exporting {checkpoint} ({size} px) to {out_dir}; thresholds: "
           + (f"per-class, {len(per_class)} from the checkpoint ==" if per_class else "0.5 for every class =="),
           flush=True)

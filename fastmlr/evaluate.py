@@ -42,7 +42,9 @@ _COUNTS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastmlr.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a fastmlr checkpoint (last.pt / best.pt)")
-    p.add_argument("--data", default="mosaics", help="mosaics | voc | coco | list")
+    p.add_argument("--data", default=None,
+                   help="mosaics | voc | coco | list (default: the model's own validation data, as its run recorded "
+                   "it: a list run's held-out share included; mosaics for a checkpoint with no record)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--classes-file", default=None, help="list format: class names, one per line")
     p.add_argument("--split", default=None, help="default: test (voc), val (others)")
@@ -104,14 +106,24 @@ def _evaluate(args, device) -> dict:
     ckpt = load_checkpoint(args.checkpoint)
     size = args.image_size or ckpt.get("image_size") or 448
     kw = {}
-    if args.data == "mosaics":
+    run = ckpt.get("args") or {}
+    own = args.data is None and bool(run.get("data"))
+    data = args.data or run.get("data") or "mosaics"
+    if own:
+        from .data.splits import run_datasets
+
+        _, ds, where = run_datasets(run, image_size=size, train_only_val=True, classes=list(ckpt["class_names"]))
+        print(f"data: the model's own {where}", file=sys.stderr)
+        root, split = run.get("val_data_root") or run.get("data_root"), "val (the run's own)"
+    elif data == "mosaics":
         train_seed = ckpt.get("args", {}).get("seed", 0)
         kw = dict(num_images=args.num_images, seed=args.seed if args.seed is not None else train_seed + 1)
-    elif args.data == "list":
+    elif data == "list":
         kw["classes_file"] = args.classes_file
-    root = args.data_root
-    split = args.split or ("test" if args.data == "voc" else "val")
-    ds = build_dataset(args.data, root, split=split, image_size=size, train=False, **kw)
+    if not own:
+        root = args.data_root
+        split = args.split or ("test" if data == "voc" else "val")
+        ds = build_dataset(data, root, split=split, image_size=size, train=False, **kw)
     check_compatible(ckpt, class_names=list(ds.classes))
     model = model_from_checkpoint(ckpt).to(device)
     loader = torch.utils.data.DataLoader(
@@ -121,12 +133,12 @@ def _evaluate(args, device) -> dict:
     m = multilabel_metrics(scores, targets, ignore, threshold=args.threshold)
     m["F1"] = per_class_f1(scores, targets, ignore, args.threshold)
     m.update(
-        checkpoint=os.path.abspath(args.checkpoint), data=args.data, split=split, image_size=size,
+        checkpoint=os.path.abspath(args.checkpoint), data=data, split=split, image_size=size,
         skipped_images=skipped, class_names=list(ds.classes), model=ckpt["model"],
     )
     if args.calibrate_thresholds:
         fit = fit_thresholds(scores, targets, ignore, min_positives=args.min_positives, default=args.threshold)
-        where = dict(data=args.data, data_root=os.path.abspath(root) if root else None, split=split,
+        where = dict(data=data, data_root=os.path.abspath(root) if root else None, split=split,
                      num_images=m["n_images"], image_size=size, **({"seed": kw["seed"]} if "seed" in kw else {}))
         m["calibrated"] = _at(scores, targets, ignore, fit["thresholds"])
         m["calibrated"]["fit"] = {**where, **{k: fit[k] for k in ("fitted", "positives", "min_positives", "default")},
@@ -135,7 +147,7 @@ def _evaluate(args, device) -> dict:
     elif checkpoint_thresholds(ckpt) is not None:
         m["checkpoint_thresholds"] = _at(scores, targets, ignore, checkpoint_thresholds(ckpt))
         m["checkpoint_thresholds"]["fit"] = ckpt.get("thresholds_fit") or {}
-    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{args.data}-{split}.json"
+    m["json"] = args.json or os.path.splitext(args.checkpoint)[0] + f".eval-{data}-{split.split()[0]}.json"
     return m
 
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--timing-cache", default=None,
                    help="enterprise TensorRT's timing cache (default: beside the engine; TensorRT-RTX has none)")
     o.add_argument("--verify-images", nargs="*", default=None, metavar="IMAGE",
-                   help="real images for the checks (default: 8 validation mosaics)")
+                   help="real images for the checks and the fp16 search (default: 8 of the model's own validation images)")
     o.add_argument("--validate-mosaics", type=int, default=0, metavar="N",
                    help="with --fp16: mAP of fp32 vs fp16 on N validation mosaics (10-class models)")
     o.add_argument("--no-verify", action="store_true", help="skip the checks (not recommended)")
@@ -178,7 +178,9 @@ def run(args) -> int:
     per_class = None if args.single_threshold else model.thresholds
     side = make_sidecar(model, size, threshold=args.threshold, thresholds=per_class)
     check_plan(plan_from_args(args, model, size, side, None, trt))  # every refusal before the images are read
-    real, real_desc = real_images(size, paths=args.verify_images) if not args.no_verify else (None, "not checked")
+    real, real_desc = (None, "not checked")
+    if not args.no_verify:
+        real, real_desc = real_images(size, paths=args.verify_images, model=model)
     plan = plan_from_args(args, model, size, side, real, trt)
     print(f"fastmlr export: {side['model']} ({side['config'].get('backbone')}), {side['num_classes']} classes, "
           f"{size} px, batch {args.min_batch}..{args.max_batch} (opt {args.opt_batch}); real images: {real_desc}",

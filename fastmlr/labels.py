@@ -77,10 +77,6 @@ def default_cache_dir() -> Path:
 
 # -- sources ------------------------------------------------------------------------------------------
 def _random(class_names: Sequence[str], dim: int, seed: int) -> torch.Tensor:
-    warnings.warn(
-        f"label embeddings: source 'random' ({dim}-d Gaussian, seed {seed}): no semantic embedding is used",
-        stacklevel=3,
-    )
     g = torch.Generator().manual_seed(seed)
     return torch.randn(len(class_names), dim, generator=g, dtype=torch.float32)
 
@@ -262,6 +258,21 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def default_embeddings(class_names: Sequence[str]) -> tuple[torch.Tensor, str, str | None]:
+    """The embeddings used when none are asked for: (Tensor[C, E], source, a one-line note or None).
+
+    The packaged GloVe (``glove50``, as the papers use GloVe) where it is installed and knows a
+    token of every class name; otherwise ``random``, with a note saying why.
+    """
+    try:
+        return load_embeddings(class_names, "glove50"), "glove50", None
+    except (ImportError, ValueError, OSError) as e:
+        reason = str(e).splitlines()[0]
+        note = (f"label embeddings: random ({DEFAULT_RANDOM_DIM}-d, no semantics), since the packaged GloVe "
+                f"cannot embed these classes ({reason}); --embeddings chooses a source")
+        return load_embeddings(class_names, "random"), "random", note
 
 
 def load_embeddings(

@@ -223,11 +223,15 @@ def test_cli_amp_on_trains_srdl_in_bfloat16_on_the_cpu(tmp_path, fmnist, capsys)
     ckpt = load_checkpoint(str(tmp_path / "r" / "last.pt"))
     assert ckpt["scaler"] is None  # bfloat16: no loss scaling, nothing to keep
     assert ckpt["history"][0]["train_images"] == 8 and math.isfinite(ckpt["history"][0]["train_loss"])
+    from fastmlr import train_args
+    from fastmlr.train_model import model_cfg
+
     args = train.build_parser().parse_args(_targs(tmp_path / "r", fmnist, model="srdl"))
+    train_args.resolve_flags(args, None)  # the flags left out take their defaults, as train does
     torch.manual_seed(0)  # the run's initial weights: --seed 0, then the model as train builds it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        init = create_model("srdl", 10, **train._model_cfg(args, ckpt["class_names"]))
+        init = create_model("srdl", 10, **model_cfg(args, ckpt["class_names"]))
     assert torch.equal(init.label_embeddings, ckpt["state_dict"]["label_embeddings"])
     changed = [k for k, v in init.state_dict().items() if not torch.equal(v, ckpt["state_dict"][k])]
     assert any(k.startswith("f_sa") for k in changed) and any(k.startswith("backbone") for k in changed)

@@ -191,7 +191,7 @@ def test_probabilities_match_python_runtime(build, artefact, images):
     _, files = images
     paths = [files[n] for n in PARITY]
     rows = _classify_json(build, artefact, paths)
-    cpp = torch.tensor([r["probs"] for r in rows])
+    cpp = torch.tensor([list(r["probabilities"].values()) for r in rows])
     assert cpp.shape == (len(PARITY), 3)
     # The export CLI's default package calls fastmlr's kernels where fastmlr._C is built: the C++
     # program runs them through the ops library it links.
@@ -236,7 +236,7 @@ def test_per_class_thresholds_from_the_sidecar(build, artefact, images, tmp_path
     _, files = images
     paths = [files[n] for n in ("rgb.jpg", "grey.jpg", "rgba.png", "grey16.png", "big.jpg")]
     base = _classify_json(build, artefact, paths)
-    p = torch.tensor([r["probs"] for r in base])
+    p = torch.tensor([list(r["probabilities"].values()) for r in base])
     # Thresholds between the images' scores, per class: each class is a label for some images only.
     th = ((p.amax(dim=0) + p.amin(dim=0)) / 2).tolist()
     per_class = _classify_json(build, artefact, paths, "--sidecar", _edited_sidecar(artefact, tmp_path, thresholds=th))
@@ -247,7 +247,8 @@ def test_per_class_thresholds_from_the_sidecar(build, artefact, images, tmp_path
         order = p[k].argsort(descending=True).tolist()
         assert per_class[k]["labels"] == [f"class_{c}" for c in order if p[k, c] >= th[c]]
         assert one[k]["labels"] == [f"class_{c}" for c in order if p[k, c] >= single]
-        assert per_class[k]["probs"] == base[k]["probs"]
+        assert per_class[k]["probabilities"] == base[k]["probabilities"]
+        assert list(per_class[k]["thresholds"].values()) == pytest.approx(th, rel=1e-7)
     assert [r["labels"] for r in per_class] != [r["labels"] for r in base]
     assert [r["labels"] for r in per_class] != [r["labels"] for r in one]
 
@@ -292,10 +293,12 @@ def test_serve_answers_each_line_and_survives_bad_files(build, artefact, images)
     good = [r for r in rows if "error" not in r]
     batch = _classify_json(build, artefact, [r["image"] for r in good])
     for r, b in zip(good, batch):
-        assert np.allclose(r["scores"], b["probs"], atol=1e-5)
-        order = np.argsort(-np.asarray(r["scores"]), kind="stable")
-        assert [lab["name"] for lab in r["labels"]] == [f"class_{c}" for c in order if r["scores"][c] >= th[c]]
-        assert all(abs(lab["score"] - r["scores"][int(lab["name"][-1])]) < 1e-7 for lab in r["labels"])
+        assert r.keys() == b.keys() == {"image", "labels", "probabilities", "thresholds"}
+        scores = list(r["probabilities"].values())
+        assert np.allclose(scores, list(b["probabilities"].values()), atol=1e-5)
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        assert r["labels"] == [f"class_{c}" for c in order if scores[c] >= th[c]]
+        assert list(r["thresholds"].values()) == pytest.approx(th, rel=1e-7)
 
 
 # -- embedding: the installed CMake package ----------------------------------------------------------------
@@ -323,7 +326,7 @@ def test_installed_package_with_find_package(build, artefact, images, tmp_path):
     ref = _classify_json(build, artefact, [paths[0], paths[2]])
     for line, r in zip([lines[0], lines[2]], ref):
         _, labels, scores = line.split("\t")
-        assert np.allclose([float(s) for s in scores.split()], r["probs"], atol=1e-5)
+        assert np.allclose([float(s) for s in scores.split()], list(r["probabilities"].values()), atol=1e-5)
         assert [x.split("=")[0] for x in labels.split(",") if x] == r["labels"]
 
 
@@ -449,8 +452,8 @@ def test_serve_answers_a_fifo_and_invalid_utf8_with_json_lines(build, artefact, 
     rows = [json.loads(line) for line in out.decode("utf-8").splitlines()]  # every line is JSON (and UTF-8)
     assert len(rows) == 3
     assert rows[0]["image"] == str(fifo) and "FIFO" in rows[0]["error"]
-    assert rows[1]["image"] == str(tmp_path) + "/caf\ufffd.jpg" and "scores" in rows[1]
-    assert "scores" in rows[2] and np.allclose(rows[1]["scores"], rows[2]["scores"])
+    assert rows[1]["image"] == str(tmp_path) + "/caf\ufffd.jpg" and "probabilities" in rows[1]
+    assert "probabilities" in rows[2] and rows[1]["probabilities"] == rows[2]["probabilities"]
 
 
 def test_aoti_runner_checks_run_input_against_the_sidecar(artefact):
@@ -467,3 +470,48 @@ def test_aoti_runner_checks_run_input_against_the_sidecar(artefact):
         assert "\n" not in msg and "m.pt2" in msg and all(w in msg for w in words), msg
     logits, probs = r.run(torch.zeros(4, 3, SIZE, SIZE))  # the contract itself still runs
     assert probs.shape == (4, 3) and torch.isfinite(probs).all()
+
+
+# -- one output layout: predict --json, the Python runtime and the C++ program -----------------------------
+def test_one_json_lines_record_across_predict_runtime_and_cpp(build, images, tmp_path, capsys):
+    from fastmlr import export as ex
+    from fastmlr import predict
+    from fastmlr.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint, store_thresholds
+    from fastmlr.data import load_image
+    from fastmlr.models import create_model
+
+    _, files = images
+    paths = [files[n] for n in ("rgb.jpg", "grey.jpg", "rgba.png", "palette.png", "big.jpg")]
+    torch.manual_seed(0)
+    model = create_model("srdl", 3, backbone="resnet18", weights="none", embeddings=torch.randn(3, 8)).eval()
+    ckpt = str(tmp_path / "m.pt")
+    save_checkpoint(ckpt, {"model": "srdl", "num_classes": 3, "config": model.config, "image_size": SIZE,
+                           "class_names": ["cat", "dog", "bird"], "state_dict": model.state_dict()})
+    with torch.no_grad():
+        eager = torch.sigmoid(model_from_checkpoint(ckpt).eval()(torch.stack([load_image(p, SIZE)[0] for p in paths])))
+    # Per-class thresholds in the widest gap between the images' probabilities: each class labels some images.
+    th = []
+    for c in range(3):
+        v = eager[:, c].sort().values
+        k = int((v[1:] - v[:-1]).argmax())
+        th.append(float((v[k] + v[k + 1]) / 2))
+        assert float(v[k + 1] - v[k]) > 2e-3  # far wider than the runtimes' differences (<= 1e-4)
+    store_thresholds(ckpt, th, {"data": "test", "split": "gap"})
+    assert predict.main(["--checkpoint", ckpt, "--json", "--device", "cpu", *paths]) == 0
+    py = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    pt2 = str(tmp_path / "m.pt2")
+    assert ex.main(["--checkpoint", ckpt, "--aoti", pt2, "--min-batch", "1", "--opt-batch", "1", "--max-batch", "8",
+                    "--no-verify"]) == 0
+    rt = runtime.load(pt2).records(paths)
+    cpp = _classify_json(build, pt2, paths)
+    for a, b, c, p in zip(py, rt, cpp, eager):
+        for r in (a, b, c):
+            assert r.keys() == {"image", "labels", "probabilities", "thresholds"}
+            assert list(r["probabilities"]) == ["cat", "dog", "bird"]
+            assert list(r["thresholds"].values()) == pytest.approx(th, rel=1e-7)
+            assert np.allclose(list(r["probabilities"].values()), p.tolist(), atol=1e-4)
+        want = [n for n, q in sorted(zip(["cat", "dog", "bird"], p.tolist()), key=lambda x: -x[1])
+                if q >= th[["cat", "dog", "bird"].index(n)]]
+        assert a["labels"] == b["labels"] == c["labels"] == want
+        assert a["image"] == b["image"] == c["image"]
+    assert any(r["labels"] for r in py) and not all(len(r["labels"]) == 3 for r in py)

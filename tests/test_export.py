@@ -507,7 +507,7 @@ def test_cpp_program_matches_python(model, aoti_package, tmp_path):
                           str(tmp_path / "c.ppm"), str(tmp_path / "t.npy")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
-    cpp = torch.tensor([r["probs"] for r in rows])
+    cpp = torch.tensor([list(r["probabilities"].values()) for r in rows])
     assert cpp.shape == (5, 10)
     # The package runs fastmlr's own kernels in C++ where they are built (the ops library linked in).
     from fastmlr.runtime.aoti import package_custom_ops

@@ -114,8 +114,6 @@ CASES = {
                                ["--image-size 100000", "<= 4096"]),
     "predict-image-size-huge": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "a.png",
                                                        "--image-size", 100000], ["--image-size 100000", "<= 4096"]),
-    "predict-fifo": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "fifo.png"],
-                     ["fifo.png", "FIFO"]),
     "predict-fifo-checkpoint": (predict, lambda e, t: ["--checkpoint", e.root / "fifo.png", "--device", "cpu",
                                                        e.root / "a.png"], ["fifo.png", "not a regular file"]),
     "predict-fifo-thresholds": (predict, lambda e, t: ["--checkpoint", e.ckpt, "--device", "cpu", e.root / "a.png",
@@ -203,6 +201,20 @@ def test_catalogue_case_is_one_clean_line_and_loses_nothing(case, env, tmp_path,
     assert _snapshot(tmp_path) == before, "a refused command changed or wrote files"
     if cmd is train:
         assert not os.path.exists(tmp_path / "o"), "a refused run left its folder"
+
+
+def test_predict_skips_a_fifo_image_in_one_line_and_predicts_the_rest(env, capsys):
+    """An image argument that is a FIFO is not opened (it would block): one line names it, the readable
+    image is still predicted, and the exit status says something was skipped (predict's own-photos rule)."""
+    with fifo_watchdog(env.root / "fifo.png"):
+        rc = run_main(predict, ["--checkpoint", env.ckpt, "--device", "cpu", "--json", env.root / "fifo.png",
+                                env.root / "a.png"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in err + out, err
+    skipped = [ln for ln in err.splitlines() if ln.startswith("skipped")]
+    assert len(skipped) == 1 and "fifo.png" in skipped[0] and "FIFO" in skipped[0], err
+    records = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    assert [os.path.basename(r["image"]) for r in records if "error" not in r] == ["a.png"], out
 
 
 def test_repeated_entries_with_the_same_labels_are_reported(env, tmp_path, capsys):

@@ -264,7 +264,7 @@ def _images(tmp_path, fmnist, n=3):
 def _predict(capsys, *argv):
     assert predict.main(["--json", "--device", "cpu", *argv]) == 0
     cap = capsys.readouterr()
-    return json.loads(cap.out), cap.err
+    return [json.loads(line) for line in cap.out.splitlines()], cap.err
 
 
 def test_predict_applies_the_checkpoints_thresholds(calibrated, fmnist, tmp_path, capsys):
@@ -275,16 +275,16 @@ def test_predict_applies_the_checkpoints_thresholds(calibrated, fmnist, tmp_path
 
     with torch.no_grad():
         probs = [torch.sigmoid(model(load_image(p, SIZE)[0][None]))[0] for p in paths]
-    res, err = _predict(capsys, "--checkpoint", calibrated["path"], "--top", "10", *paths)
+    res, err = _predict(capsys, "--checkpoint", calibrated["path"], *paths)
     assert "thresholds: per-class, from the checkpoint" in err
     for r, p in zip(res, probs):
         want = {FASHION_CLASSES[c] for c in range(10) if float(p[c]) >= t[c]}
-        assert {x["label"] for x in r["labels"]} == want
-        assert all(x["threshold"] == t[FASHION_CLASSES.index(x["label"])] for x in r["labels"])
+        assert set(r["labels"]) == want
+        assert list(r["thresholds"].values()) == t
     # --threshold overrides with one value for every class; a file overrides per class.
     res, err = _predict(capsys, "--checkpoint", calibrated["path"], "--threshold", "0.5", *paths)
     assert "0.5 for every class (--threshold)" in err
-    assert [{x["label"] for x in r["labels"]} for r in res] == [
+    assert [set(r["labels"]) for r in res] == [
         {FASHION_CLASSES[c] for c in range(10) if float(p[c]) >= 0.5} for p in probs]
     f = tmp_path / "t.json"
     f.write_text(json.dumps({"thresholds": [0.01] * 10}))
@@ -299,7 +299,8 @@ def test_predict_without_stored_thresholds_keeps_the_single_one(calibrated, fmni
     paths = _images(tmp_path, fmnist, n=2)
     res, err = _predict(capsys, "--checkpoint", calibrated["plain"], *paths)
     assert "0.5 for every class (the checkpoint has no per-class thresholds)" in err
-    assert all(x["threshold"] == 0.5 and x["score"] >= 0.5 for r in res for x in r["labels"])
+    assert all(set(r["thresholds"].values()) == {0.5} for r in res)
+    assert all(r["probabilities"][n] >= 0.5 for r in res for n in r["labels"])
 
 
 def test_export_copies_them_into_every_sidecar_and_runners_apply_them(calibrated, fmnist, tmp_path, capsys):

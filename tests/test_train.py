@@ -116,7 +116,7 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 def test_resume_refuses_another_model(tmp_path, fmnist, device):
     out = tmp_path / "r"
     train.train(train.build_parser().parse_args(targs(out, fmnist, model="baseline", epochs=1, device=device)))
-    with pytest.raises(ValueError, match="holds model 'baseline', but 'srdl' was requested"):
+    with pytest.raises(SystemExit, match="--model srdl differs from the run's 'baseline', which defines its model"):
         train.train(train.build_parser().parse_args(targs(out, fmnist, "--resume", model="srdl", device=device)))
     with pytest.raises(SystemExit, match="does not exist"):
         train.train(train.build_parser().parse_args(targs(tmp_path / "none", fmnist, "--resume", device=device)))
@@ -175,18 +175,23 @@ def test_predict_scores_and_attention_figure(trained, fmnist, tmp_path, capsys):
         Image.fromarray(ds.render(i)).convert("RGB").save(p)
         paths.append(str(p))
     fig = tmp_path / "att.png"
-    rc = predict.main(["--checkpoint", str(out / "last.pt"), "--json", "--top", "10", "--attention-maps", str(fig),
+    rc = predict.main(["--checkpoint", str(out / "last.pt"), "--json", "--attention-maps", str(fig),
                        "--device", "cpu", *paths])
     assert rc == 0
-    results = json.loads(capsys.readouterr().out.split("attention maps written")[0])
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
     model = model_from_checkpoint(str(out / "last.pt")).eval()
+    assert [r["image"] for r in results] == paths
     for r, path in zip(results, paths):
         with torch.no_grad():
             probs = torch.sigmoid(model(load_image(path, 64)[0][None]))[0]
-        for item in r["top"]:
-            assert abs(item["score"] - probs[res["classes"].index(item["label"])].item()) < 1e-4
+        assert list(r["probabilities"]) == res["classes"]  # every class, in class order
+        got = torch.tensor(list(r["probabilities"].values()))
+        torch.testing.assert_close(got, probs, rtol=0, atol=1e-6)
+        assert r["labels"] == [c for c in sorted(res["classes"], key=lambda c: -r["probabilities"][c])
+                               if r["probabilities"][c] >= 0.5]
+        assert set(r["thresholds"].values()) == {0.5}
     im = Image.open(fig)
-    assert im.size[1] > im.size[0] / 4 * 2 - 1 and im.size[0] % 4 == 0  # 2 rows, 1 + top-3 columns
+    assert im.size[1] > 2 * 192 and im.size[0] > 4 * 192  # 2 rows, 1 + top-3 columns, a colour bar
 
 
 def test_module_entry_points():

@@ -6,6 +6,8 @@ or ``None`` for an unreadable image; batch with :func:`collate_skip`.
 
 from __future__ import annotations
 
+import torch
+
 from .datasets import (
     VOC_CLASSES,
     COCODataset,
@@ -33,8 +35,8 @@ _SPLITS = {
 def build_dataset(name: str, root=None, split: str = "train", image_size: int = 448, train: bool | None = None, **kw):
     """Build a dataset by name: "voc", "coco", "list", "mosaics" or "scenes".
 
-    root: the VOC2007 folder, the COCO folder, the jsonl file ("list", which
-    also needs ``classes_file=``), or the Fashion-MNIST folder ("mosaics",
+    root: the VOC2007 folder, the COCO folder, the jsonl file ("list"; ``classes_file=``
+    fixes the classes and their order, else the labels found, sorted), or the Fashion-MNIST folder ("mosaics",
     "scenes", optional). ``train`` (augmentation on) defaults to ``split`` starting with
     "train". Other keywords go to the dataset's constructor.
     """
@@ -53,12 +55,24 @@ def build_dataset(name: str, root=None, split: str = "train", image_size: int = 
     if name == "coco":
         return COCODataset(root, split=split, image_size=image_size, train=train, **kw)
     if name == "list":
-        if "classes_file" not in kw:
-            raise ValueError("dataset 'list' needs classes_file= (one class name per line)")
         return ListDataset(root, image_size=image_size, train=train, **kw)
     if name == "scenes":
         return FashionScenes(split=split, image_size=image_size, train=train, root=root, **kw)
     return FashionMosaics(split=split, image_size=image_size, train=train, root=root, **kw)
+
+
+def data_fingerprint(ds) -> str:
+    """sha256 of a data set's content as training sees it: its images' paths and labels, or its targets.
+
+    Equal fingerprints mean the same examples with the same labels (images themselves are not read).
+    """
+    if hasattr(ds, "fingerprint"):
+        return ds.fingerprint()
+    import hashlib
+
+    h = hashlib.sha256(repr(list(ds.classes)).encode())
+    h.update(ds.targets().to(torch.float32).numpy().tobytes())
+    return h.hexdigest()
 
 
 __all__ = [
@@ -76,6 +90,7 @@ __all__ = [
     "VOC_CLASSES",
     "build_dataset",
     "build_transform",
+    "data_fingerprint",
     "collate_skip",
     "denormalize",
     "load_fashion_mnist",

@@ -9,6 +9,7 @@ those ``None`` items when batching.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -80,6 +81,24 @@ class ImageListDataset(Dataset):
                 warnings.warn(f"skipping unreadable image {path!r} ({type(e).__name__}: {e})", stacklevel=2)
             return None
         return self.transform(img), target.clone(), ignore.clone()
+
+    def subset(self, indices) -> "ImageListDataset":
+        """Keep only the items at ``indices`` (in that order); returns self."""
+        self._items = [self._items[i] for i in indices]
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 of what the set holds: image paths (relative to their common folder), targets, ignores.
+
+        Reads no image; the same files and labels give the same value wherever the folder lies.
+        """
+        h = hashlib.sha256(json.dumps(self.classes).encode())
+        paths = [p for p, _, _ in self._items]
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
+        for path, target, ignore in self._items:
+            h.update(os.path.relpath(os.path.abspath(path), base).encode() + b"\0")
+            h.update(target.numpy().tobytes() + ignore.numpy().tobytes())
+        return h.hexdigest()
 
     def _encode(self, positives, ignored=()) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._class_index
@@ -259,30 +278,55 @@ def read_classes_file(path: str | os.PathLike) -> list[str]:
 
 
 class ListDataset(ImageListDataset):
-    """A JSON Lines file of ``{"image": path, "labels": [names]}`` plus a class-name file.
+    """A JSON Lines file of ``{"image": path, "labels": [names]}``, and optionally a class-name file.
 
     Image paths are relative to the jsonl file's folder, or to ``root`` when
     given. An optional ``"ignore": [names]`` field marks labels as unknown.
-    Bad JSON, a missing field or an unknown label raises ValueError naming the
-    file and line.
+    The classes are ``classes``, or the class-name file's, in its order; without either, every
+    name the file's ``labels`` and ``ignore`` fields use, sorted. Bad JSON, a
+    missing field or an unknown label raises ValueError naming the file and line.
     """
 
     def __init__(
         self,
         jsonl: str | os.PathLike,
-        classes_file: str | os.PathLike,
+        classes_file: str | os.PathLike | None = None,
         image_size: int = 448,
         train: bool = False,
         transform: Callable | None = None,
         root: str | os.PathLike | None = None,
+        classes: Sequence[str] | None = None,
     ):
         super().__init__(image_size, train, transform)
         jsonl = os.fspath(jsonl)
-        self.classes = read_classes_file(classes_file)
         if not os.path.isfile(jsonl):
             raise FileNotFoundError(f"label list {jsonl!r} not found")
         base = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(jsonl))
-        known = set(self.classes)
+        records = list(self._read(jsonl))
+        if classes_file is not None or classes is not None:
+            self.classes = list(classes) if classes is not None else read_classes_file(classes_file)
+            origin = repr(os.fspath(classes_file)) if classes is None else "the training labels"
+            known = set(self.classes)
+            for where, rec in records:
+                for field in ("labels", "ignore"):
+                    unknown = [v for v in rec[field] if v not in known]
+                    if unknown:
+                        raise ValueError(
+                            f"{where}: unknown label(s) {unknown} in {field!r}; classes come from {origin}"
+                        )
+        else:
+            self.classes = sorted({v for _, rec in records for field in ("labels", "ignore") for v in rec[field]})
+            if not self.classes and records:
+                raise ValueError(f"label list {jsonl!r} names no label at all; expected \"labels\": [names] on its lines")
+        for _, rec in records:
+            target, ignore = self._encode(rec["labels"], rec["ignore"])
+            self._items.append((os.path.join(base, rec["image"]), target, ignore))
+        if not self._items:
+            raise ValueError(f"label list {jsonl!r} holds no entries; expected one JSON object a line")
+
+    @staticmethod
+    def _read(jsonl: str):
+        """(``file:line``, {"image", "labels", "ignore"}) for each non-blank line, checked."""
         with open(jsonl) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -296,18 +340,10 @@ class ListDataset(ImageListDataset):
                     raise ValueError(f"{where}: its JSON nests too deep") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
                     raise ValueError(f'{where}: expected an object with a string "image" field, found {line.strip()!r}')
-                names = {}
+                out = {"image": rec["image"]}
                 for field in ("labels", "ignore"):
                     value = rec.get(field, [])
                     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                         raise ValueError(f'{where}: "{field}" must be a list of class names, found {value!r}')
-                    unknown = [v for v in value if v not in known]
-                    if unknown:
-                        raise ValueError(
-                            f"{where}: unknown label(s) {unknown} in {field!r}; classes come from {os.fspath(classes_file)!r}"
-                        )
-                    names[field] = value
-                target, ignore = self._encode(names["labels"], names["ignore"])
-                self._items.append((os.path.join(base, rec["image"]), target, ignore))
-        if not self._items:
-            raise ValueError(f"label list {jsonl!r} holds no entries; expected one JSON object a line")
+                    out[field] = value
+                yield where, out

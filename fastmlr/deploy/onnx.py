@@ -141,7 +141,7 @@ def export_onnx_fp16(
     side = sidecar if sidecar is not None else make_sidecar(model, image_size)
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if images is None:
-        images, _ = real_images(image_size)
+        images, _ = real_images(image_size, model=model)
     if images is not None:
         sets["real"] = images[:max_batch]
     reference = {k: torch_probs(model, v).numpy() for k, v in sets.items()}

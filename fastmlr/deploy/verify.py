@@ -18,20 +18,40 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 FP16_MAP_POINTS = 0.2
 
 
-def real_images(image_size: int, n: int = 8, paths=None) -> tuple[torch.Tensor | None, str]:
-    """Real images for the checks: ``paths`` if given, else the built-in validation mosaics.
+def real_images(image_size: int, n: int = 8, paths=None, model=None) -> tuple[torch.Tensor | None, str]:
+    """Real images for the checks and the fp16 search: ``paths`` if given, else the model's own validation data.
 
-    Returns (Tensor[n, 3, S, S] or None, a description or the reason there are none).
+    ``model.train_args`` (a checkpoint's recorded flags, set by ``model_from_checkpoint``) says where the
+    model's validation images came from: the first ``n`` readable ones of that set are used, whatever
+    the data (VOC, COCO, a labels file, or the built-in mosaics of the run's seed). A model with no
+    record gets the built-in validation mosaics only when it is a mosaics model (its classes are
+    theirs). Returns (Tensor[n, 3, S, S] or None, a line saying which images, or why there are none).
     """
     if paths:
         from ..data import load_image
 
-        return torch.stack([load_image(p, image_size)[0] for p in paths]), f"{len(paths)} image file(s)"
-    try:
-        from ..data import FashionMosaics
+        return torch.stack([load_image(p, image_size)[0] for p in paths]), f"{len(paths)} image file(s) given"
+    run = getattr(model, "train_args", None) if model is not None else None
+    names = list(getattr(model, "class_names", None) or [])
+    if run and run.get("data"):
+        from ..data.splits import run_datasets
 
+        try:
+            _, val, where = run_datasets(run, image_size=image_size, train_only_val=True, classes=names or None)
+        except (OSError, ValueError) as e:
+            return None, (f"no real images: the model's validation data ({run.get('data')} "
+                          f"{run.get('data_root') or ''}) cannot be read here ({e}); pass --verify-images")
+        items = [it for it in (val[i] for i in range(min(len(val), 4 * n))) if it is not None][:n]
+        if not items:
+            return None, "no real images: none of the model's validation images can be read; pass --verify-images"
+        return torch.stack([it[0] for it in items]), f"{len(items)} images of the model's own {where}"
+    from ..data import FASHION_CLASSES, FashionMosaics
+
+    if names and names != list(FASHION_CLASSES):
+        return None, "no real images: the model records no training data and is no mosaics model; pass --verify-images"
+    try:
         ds = FashionMosaics("val", num_images=n, image_size=image_size, seed=1)
-        return torch.stack([ds[i][0] for i in range(n)]), f"{n} validation mosaics"
+        return torch.stack([ds[i][0] for i in range(n)]), f"{n} built-in validation mosaics (a mosaics model)"
     except (OSError, FileNotFoundError, ValueError) as e:
         return None, f"no real images ({e}); pass --verify-images"
 

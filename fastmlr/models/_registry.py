@@ -24,6 +24,8 @@ class ModelInfo:
     options: tuple[str, ...] = ()  # keyword options of the factory that commands may set (e.g. "oe_k")
     # Config values of checkpoints saved before an option existed: what those models computed.
     legacy: dict = field(default_factory=dict)
+    # What the commands choose when a flag is left out, e.g. {"adjacency": "cooccurrence"} (the paper's graph).
+    defaults: dict = field(default_factory=dict)
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -31,19 +33,20 @@ _MODELS: dict[str, ModelInfo] = {}
 
 def register_model(
     name: str, *, label_embeddings: bool = False, ablations: dict | None = None, options: tuple[str, ...] = (),
-    legacy: dict | None = None,
+    legacy: dict | None = None, defaults: dict | None = None,
 ):
     """Decorator: register ``fn(num_classes, **cfg) -> nn.Module`` under ``name``.
 
     ``options`` names the keyword arguments of ``fn`` that commands may set from their flags;
-    ``legacy`` the config values a checkpoint without that key was trained with (its option came later).
+    ``legacy`` the config values a checkpoint without that key was trained with (its option came later);
+    ``defaults`` what commands choose for an option whose flag is left out (``{"adjacency": "cooccurrence"}``).
     """
 
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = ModelInfo(name, fn, label_embeddings, dict(ablations or {}), tuple(options),
-                                  dict(legacy or {}))
+                                  dict(legacy or {}), dict(defaults or {}))
         return fn
 
     return deco

@@ -29,7 +29,8 @@ before any dataset statistics exist:
 
 ``python -m fastmlr.cooccurrence`` (or ``fastmlr.cooccurrence.label_cooccurrence``)
 makes the counts from any fastmlr dataset; ``python -m fastmlr.train --adjacency
-cooccurrence`` passes them. A checkpoint records which of the two was used (``config["fixed_adjacency"]``);
+cooccurrence`` passes them, and is what ``train`` chooses for mlgcn when ``--adjacency`` is left out
+(the registry's ``defaults``; ``--adjacency learned`` asks for the learned graph). A checkpoint records which of the two was used (``config["fixed_adjacency"]``);
 rebuilding a fixed-graph model without ``adjacency`` makes a placeholder
 buffer that the checkpoint's state dict then fills.
 """
@@ -133,6 +134,6 @@ class MLGCN(MLRModel):
         return x @ self.classifiers().to(x.dtype).t()
 
 
-@register_model("mlgcn", label_embeddings=True, options=("adjacency",))
+@register_model("mlgcn", label_embeddings=True, options=("adjacency",), defaults={"adjacency": "cooccurrence"})
 def mlgcn(num_classes: int, **cfg) -> MLGCN:
     return MLGCN(num_classes, **cfg)

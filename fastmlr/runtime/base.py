@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..artifact.contract import class_thresholds
+from ..results import labels_at, prediction_record
 
 
 def _is_pil(obj) -> bool:
@@ -132,11 +133,13 @@ class Runner:
 
     def labels(self, images) -> list[list[tuple[str, float]]]:
         """Per image, the (class name, probability) pairs at or above their class's threshold, best first."""
-        res = []
-        for p in self.predict(images):
-            order = p.argsort(descending=True).tolist()
-            res.append([(self.class_names[c], float(p[c])) for c in order if float(p[c]) >= self.thresholds[c]])
-        return res
+        return [labels_at(p.tolist(), self.thresholds, self.class_names) for p in self.predict(images)]
+
+    def records(self, paths) -> list[dict]:
+        """Per image path, the JSON Lines record ``predict --json`` and the C++ program write (fastmlr.results)."""
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        return [prediction_record(os.fspath(path), p.tolist(), self.thresholds, self.class_names)
+                for path, p in zip(paths, self.predict(paths))]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, provider={self.provider!r}, classes={len(self.class_names)})"

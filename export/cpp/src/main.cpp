@@ -7,12 +7,16 @@
 // INPUT: a JPEG, PNG or binary PPM/PGM image (decoded as Pillow does, EXIF orientation applied, resized
 // and normalised as the sidecar says), or a .npy float32 tensor [N, 3, S, S] / [3, S, S] already
 // normalised. Prints, per image, the labels at or above their threshold (the sidecar's per-class
-// "thresholds", else its "threshold"); --json prints one JSON object per input with every probability.
+// "thresholds", else its "threshold" for every class).
 //
-// --serve keeps the model loaded and reads image paths from standard input, one per line; for each it
-// writes one JSON line, {"image": PATH, "labels": [{"name": ..., "score": ...}], "scores": [...]} or
-// {"image": PATH, "error": "..."} when the file cannot be read, flushed at once; it exits 0 at end of input.
-// --decode writes the RGB pixels the classifier would see (before resizing) as a binary PPM.
+// --json and --serve write JSON Lines, one record per image, the layout fastmlr's `predict --json` and
+// Python runtime write (export/README.md, "Prediction output"; fastmlr/results.py):
+//   {"image": PATH, "labels": [NAME, ...], "probabilities": {NAME: P, ...}, "thresholds": {NAME: T, ...}}
+// or {"image": PATH, "error": "..."} when the file cannot be read. --serve keeps the model loaded, reads
+// image paths from standard input, one per line, answers each with one record, flushed at once, and
+// exits 0 at end of input.
+// --decode IMAGE OUT.ppm writes the RGB pixels the classifier would see (before resizing) as a binary PPM;
+// it takes its two arguments as a pair and may be repeated.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -86,10 +90,21 @@ std::string json_num(float v) {
   return buf;
 }
 
-std::string scores_json(const std::vector<float>& p) {
-  std::string o = "[";
-  for (size_t c = 0; c < p.size(); ++c) o += (c ? ", " : "") + json_num(p[c]);
-  return o + "]";
+// The one record of a prediction (fastmlr/results.py writes the same in Python).
+std::string record_json(const std::string& image, const fastmlr::Prediction& pred, const fastmlr::Sidecar& side) {
+  std::string o = "{\"image\": " + json_str(image) + ", \"labels\": [";
+  for (size_t k = 0; k < pred.labels.size(); ++k) o += (k ? ", " : "") + json_str(pred.labels[k].name);
+  o += "], \"probabilities\": {";
+  for (size_t c = 0; c < pred.scores.size(); ++c)
+    o += (c ? ", " : "") + json_str(side.class_names[c]) + ": " + json_num(pred.scores[c]);
+  o += "}, \"thresholds\": {";
+  for (size_t c = 0; c < pred.scores.size(); ++c)
+    o += (c ? ", " : "") + json_str(side.class_names[c]) + ": " + json_num(side.threshold_for(c));
+  return o + "}}";
+}
+
+std::string error_json(const std::string& image, const std::string& error) {
+  return "{\"image\": " + json_str(image) + ", \"error\": " + json_str(error) + "}";
 }
 
 int parse_count(const std::string& flag, const std::string& v) {
@@ -114,17 +129,9 @@ int serve(fastmlr::Classifier& clf) {
     std::string out;
     try {
       fastmlr::FileResult r = std::move(clf.classify_files({line}).front());
-      if (!r.ok()) {
-        out = "{\"image\": " + json_str(line) + ", \"error\": " + json_str(r.error) + "}";
-      } else {
-        out = "{\"image\": " + json_str(line) + ", \"labels\": [";
-        for (size_t k = 0; k < r.prediction.labels.size(); ++k)
-          out += (k ? ", " : "") + std::string("{\"name\": ") + json_str(r.prediction.labels[k].name) +
-                 ", \"score\": " + json_num(r.prediction.labels[k].score) + "}";
-        out += "], \"scores\": " + scores_json(r.prediction.scores) + "}";
-      }
+      out = r.ok() ? record_json(line, r.prediction, clf.sidecar()) : error_json(line, r.error);
     } catch (const std::exception& e) {
-      out = "{\"image\": " + json_str(line) + ", \"error\": " + json_str(e.what()) + "}";
+      out = error_json(line, e.what());
     }
     std::cout << out << "\n" << std::flush;
   }
@@ -190,6 +197,7 @@ int main(int argc, char** argv) {
   try {
     fastmlr::Classifier clf(model, sidecar, device);
     if (serving) return serve(clf);
+    if (json) std::cerr << "fastmlr_classify: " << clf.provider() << "\n";
     const fastmlr::Sidecar& side = clf.sidecar();
     const int S = side.image_size;
     std::vector<float> batch;
@@ -218,10 +226,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n; ++i) {
       const fastmlr::Prediction pred = clf.decide(probs[i]);
       if (json) {
-        std::cout << "{\"input\": " << json_str(names[i]) << ", \"provider\": " << json_str(clf.provider())
-                  << ", \"probs\": " << scores_json(pred.scores) << ", \"labels\": [";
-        for (size_t k = 0; k < pred.labels.size(); ++k) std::cout << (k ? ", " : "") << json_str(pred.labels[k].name);
-        std::cout << "]}\n";
+        std::cout << record_json(names[i], pred, side) << "\n";
       } else {
         std::cout << names[i] << ":";
         for (const auto& l : pred.labels) std::cout << " " << l.name << " (" << std::setprecision(3) << l.score << ")";
