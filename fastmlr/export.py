@@ -95,6 +95,7 @@ def load_model(args) -> tuple[nn.Module, int]:
     """The model the flags name and its input size (``model.thresholds``: the checkpoint's per-class ones, or None)."""
     from .checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
     from .models import create_model
+    from .models.base import calibrate_batchnorm
 
     if args.checkpoint:
         if args.model or args.num_classes or args.backbone:
@@ -114,7 +115,12 @@ def load_model(args) -> tuple[nn.Module, int]:
         warnings.simplefilter("ignore")  # random weights and embeddings are the point here
         model = create_model(args.model, args.num_classes, backbone=args.backbone, weights="none")
     model.thresholds = None
-    return model.eval(), int(args.image_size or 448)
+    size = int(args.image_size or 448)
+    if calibrate_batchnorm(model, size, seed=args.seed):
+        # Eval-mode BatchNorm of a random model normalises nothing: activations would overflow float16.
+        print("random weights: BatchNorm statistics set from 2 random images, as training sets them from data "
+              "(keeps a random model's activations inside float16's range)", flush=True)
+    return model.eval(), size
 
 
 def threshold_note(model, per_class, args) -> str:

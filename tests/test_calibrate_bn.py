@@ -1,0 +1,59 @@
+"""calibrate_batchnorm: a random model's BatchNorm statistics from random images, as training sets them.
+
+Export times random models (``--model`` without ``--checkpoint``); in eval mode their BatchNorm layers
+normalise with mean 0 and variance 1 whatever the activations are, so a deep one overflows float16.
+"""
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from fastmlr.models import create_model
+from fastmlr.models.base import calibrate_batchnorm
+
+FP16_MAX = 65504.0
+
+
+def _random(name, backbone, classes=5):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_model(name, classes, backbone=backbone, weights="none").eval()
+
+
+def _max_activation(model, x):
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.abs().max().item()))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return max(seen)
+
+
+def test_the_first_layer_holds_its_input_batch_statistics():
+    model = _random("baseline", "resnet18")
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().double()))
+    assert calibrate_batchnorm(model, 64, num_images=2, seed=3) == sum(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    hook.remove()
+    x = seen[0]  # N, C, H, W: the statistics BatchNorm keeps, by hand (unbiased variance, as torch stores it)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = x.mean(dim=(0, 2, 3))
+    var = ((x - mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3)) / (n - 1)
+    torch.testing.assert_close(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var.double(), var, rtol=1e-4, atol=1e-6)
+    assert not model.training and not bn.training and bn.momentum == 0.1  # left as it was found
+
+
+def test_a_random_resnet101_srdl_stays_inside_float16():
+    model = _random("srdl", "resnet101")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    before = _max_activation(model, x)
+    calibrate_batchnorm(model, 224)
+    after = _max_activation(model, x)
+    assert before > FP16_MAX > 100 * after, (before, after)
