@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -391,8 +392,26 @@ def test_cli_needs_a_model_and_an_output(capsys):
 @pytest.fixture(scope="session")
 def aoti_package(model, exported):
     path = str(exported["dir"] / "m.pt2")
-    deploy.export_aoti(model, path, SIZE, max_batch=8, sidecar=exported["sidecar"])
+    deploy.export_aoti(model, path, SIZE, max_batch=8, opt_batch=4, sidecar=exported["sidecar"])
     return path
+
+
+@pytest.mark.slow
+def test_one_export_records_one_batch_range_in_every_sidecar(aoti_package, exported):
+    """The ONNX and AOTInductor sidecars of one export agree on min/opt/max (the opt batch was 1 in the package's)."""
+    sides = [json.loads(open(p + ".json").read())["batch"] for p in (exported["fp32"], exported["fp16"], aoti_package)]
+    assert sides == [{"min": 1, "opt": 4, "max": 8}] * 3, sides
+
+
+@pytest.mark.slow
+def test_loading_a_cpu_package_prints_no_cuda_toolkit_remark(aoti_package):
+    """torch.utils.cpp_extension's "No CUDA runtime is found" (a toolkit without a GPU) is not the runner's to say."""
+    code = ("import sys, torch; from fastmlr import runtime; "
+            f"r = runtime.load({aoti_package!r}); print(r.provider)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "aotinductor:cpu", proc.stderr[-2000:]
+    assert "No CUDA runtime" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow

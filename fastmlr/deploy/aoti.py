@@ -100,7 +100,7 @@ def export_program(model: nn.Module, image_size: int, *, aoti_ops: str, min_batc
 
 
 def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int = 16, sidecar: dict | None = None,
-                min_batch: int = 1, aoti_ops: str | None = None, device: str = "cpu") -> str:
+                min_batch: int = 1, aoti_ops: str | None = None, device: str = "cpu", opt_batch: int | None = None) -> str:
     """Compile ``model`` ahead of time with AOTInductor into a ``.pt2`` package at ``path``; returns ``path``.
 
     Same I/O as the ONNX graph (``images`` -> ``logits``, ``probs``), dynamic
@@ -111,11 +111,13 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
     :func:`default_aoti_ops`. ``device``: "cpu" or "cuda", what the package is
     compiled for and runs on (the model is moved there). The sidecar records
     them as ``"aoti_ops"``, ``"device"``, and the ``fastmlr::`` ops called as
-    ``"custom_ops"``.
+    ``"custom_ops"``. ``opt_batch``: recorded in the sidecar's batch range as every artefact of one export
+    records it (AOTInductor compiles for the whole range; None: ``min_batch``).
     """
     from torch._inductor import aoti_compile_and_package
 
-    check_batch_range(min_batch, min_batch, max_batch)
+    opt_batch = min_batch if opt_batch is None else opt_batch
+    check_batch_range(min_batch, opt_batch, max_batch)
     check_device(device)
     if not str(path).endswith(".pt2"):
         raise ValueError(f"--aoti: the package path must end in .pt2, got {path!r}")
@@ -135,7 +137,7 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
             atomic_write_bytes(path, lambda fh: shutil.copyfileobj(src, fh, 1 << 20), publish=True)
     write_sidecar(path, side, artifact={"format": "aoti"}, precision="fp32", backend=used, aoti_ops=used,
                   custom_ops=custom,
-                  batch={"min": min_batch, "opt": min_batch, "max": max_batch},
+                  batch={"min": min_batch, "opt": opt_batch, "max": max_batch},
                   device=device, outputs_order=list(OUTPUT_NAMES))
     return path
 

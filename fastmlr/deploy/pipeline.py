@@ -169,8 +169,8 @@ def export_artefacts(plan: ExportPlan, say: Callable[[str], None] = lambda s: pr
         from .aoti import default_aoti_ops, export_aoti, verify_aoti
 
         t0 = time.perf_counter()
-        export_aoti(m, plan.aoti, S, max_batch=plan.max_batch, min_batch=plan.min_batch, sidecar=plan.sidecar,
-                    aoti_ops=plan.aoti_ops, device=plan.aoti_device)
+        export_aoti(m, plan.aoti, S, max_batch=plan.max_batch, min_batch=plan.min_batch, opt_batch=plan.opt_batch,
+                    sidecar=plan.sidecar, aoti_ops=plan.aoti_ops, device=plan.aoti_device)
         wrote(f"AOTInductor package ({plan.aoti_ops or default_aoti_ops(plan.aoti_device)} ops)", plan.aoti, t0)
         if plan.verify:
             check(verify_aoti(plan.aoti, m, S, real=plan.real, max_batch=plan.max_batch))

@@ -58,9 +58,22 @@ def load_ops_library(path: str) -> None:
 
 
 def load_package(path: str, sidecar: dict | None = None):
-    """torch's loaded package at ``path``, with fastmlr's ops library loaded first where it needs it."""
-    from torch._inductor import aoti_load_package
+    """torch's loaded package at ``path``, with fastmlr's ops library loaded first where it needs it.
 
+    Loading imports ``torch.utils.cpp_extension``, which logs "No CUDA runtime is found, using
+    CUDA_HOME=..." on a machine with a CUDA toolkit and no GPU: a remark for extension builders, not for
+    a CPU package's user, so its logger is held at ERROR while it is first imported.
+    """
+    import logging
+
+    probe_log = logging.getLogger("torch.utils.cpp_extension")
+    level = probe_log.level
+    probe_log.setLevel(logging.ERROR)
+    try:
+        from torch._inductor import aoti_load_package
+        import torch.utils.cpp_extension  # noqa: F401  (imported here, under the raised level)
+    finally:
+        probe_log.setLevel(level)
     if package_needs_ops(path, sidecar):
         load_ops_library(path)
     return aoti_load_package(path)
