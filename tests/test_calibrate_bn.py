@@ -6,6 +6,7 @@ normalise with mean 0 and variance 1 whatever the activations are, so a deep one
 
 import warnings
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -57,3 +58,19 @@ def test_a_random_resnet101_srdl_stays_inside_float16():
     calibrate_batchnorm(model, 224)
     after = _max_activation(model, x)
     assert before > FP16_MAX > 100 * after, (before, after)
+
+
+def test_fp32_bound_is_twice_pytorchs_own_error_against_float64():
+    """verify's fp32 bound: PyTorch's fp32 probabilities against the float64 twin of the same model."""
+    from fastmlr.deploy.verify import fp32_bound, torch_probs, torch_probs64
+
+    model = _random("baseline", "resnet18")
+    calibrate_batchnorm(model, 64)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    p32 = torch_probs(model, x)
+    p64 = torch_probs64(model, x)
+    assert p64.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32  # a copy went to float64
+    own = (p32.double() - p64).abs().max().item()
+    assert 0 < own < 1e-5  # fp32 rounding of a small network: present, and small
+    assert fp32_bound(model, x, p32, 1e-4) == (1e-4, pytest.approx(own, rel=1e-2))  # (max_abs_diff works in float32)
+    assert fp32_bound(model, x, p32, own / 10)[0] == pytest.approx(2 * own, rel=1e-2)

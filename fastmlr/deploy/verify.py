@@ -68,6 +68,23 @@ def torch_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(images).float())
 
 
+def torch_probs64(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The same probabilities computed in float64 (a copy of the model): what fp32 rounding is measured against."""
+    import copy
+
+    twin = copy.deepcopy(model).double()
+    with export_mode(twin), torch.no_grad():
+        return torch.sigmoid(twin(images.double()))
+
+
+def fp32_bound(model: nn.Module, images: torch.Tensor, probs32: torch.Tensor, tolerance: float) -> tuple[float, float]:
+    """(bound, PyTorch's own fp32 error): an fp32 runtime may differ from PyTorch's fp32 probabilities by
+    ``tolerance``, or by twice PyTorch's own fp32 error against float64 on the same images where that is
+    larger (a deep network whose rounding compounds; flash-attention's rule for low precision)."""
+    own = max_abs_diff(probs32, torch_probs64(model, images))
+    return max(tolerance, 2 * own), own
+
+
 def measure_latency(fn, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> float:
     """Median time of ``fn(x)`` in milliseconds, after ``warmup`` calls (the bench's timer: wall clock on the
     CPU, CUDA events when ``x`` is on a GPU)."""
@@ -76,4 +93,5 @@ def measure_latency(fn, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> 
     return 1000 * percentile(time_calls(fn, x, repeats, warmup, x.device), 50)
 
 
-__all__ = ["TOLERANCE", "FP16_MAP_POINTS", "real_images", "max_abs_diff", "torch_probs", "measure_latency"]
+__all__ = ["TOLERANCE", "FP16_MAP_POINTS", "real_images", "max_abs_diff", "torch_probs", "torch_probs64", "fp32_bound",
+           "measure_latency"]
