@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,13 @@ def main(argv=None) -> int:
     import test_reliability as rel
 
     fac = _Factory()
+    try:
+        return _run(args, tree, fac, cli, rel)
+    finally:  # every case's folder and the fixtures (~1 GB of checkpoints) go with the run, killed or not
+        shutil.rmtree(fac.base, ignore_errors=True)
+
+
+def _run(args, tree, fac, cli, rel) -> int:
     envs = {"reliability": rel.env._get_wrapped_function()(fac), "cli": cli.env._get_wrapped_function()(fac)}
     tables = [(n, t) for n, t in (("reliability", rel.CASES), ("cli", cli.CASES)) if n in args.tables.split(",")]
     counts, rows = collections.Counter(), []
@@ -109,6 +117,7 @@ def main(argv=None) -> int:
             counts[kind] += 1
             last = (err.strip().splitlines() or [""])[-1][:160]
             rows.append((f"{name}:{case}", kind, last))
+            shutil.rmtree(tmp, ignore_errors=True)
             print(f"{kind:15s} {name}:{case}  {last}", flush=True)
     total = sum(counts.values())
     order = ["clean", "unclear", "traceback", "crash", "hang", "data lost", "silently wrong"]
