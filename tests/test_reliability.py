@@ -356,8 +356,12 @@ def test_sigint_during_training_is_one_line_and_status_130(env, tmp_path):
     out = tmp_path / "o"
     argv = [str(a) for a in targs(env, out, "--epochs", "1000", "--train-size", "64") if a != "--quiet"]
     envv = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    # Ctrl-C as in a terminal: a suite started in the background by a non-interactive shell (as CI may start
+    # it) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler; the child restores
+    # the default so that the run sees the signal a user's Ctrl-C sends.
     p = subprocess.Popen([sys.executable, "-m", "fastmlr.train", *argv], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=envv)
+                         stderr=subprocess.PIPE, text=True, env=envv,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:  # the run has started (its header line) before the signal is sent
             if line.startswith("fastmlr "):
