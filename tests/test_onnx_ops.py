@@ -179,6 +179,34 @@ def test_onnxruntime_runs_the_fused_graph_like_pytorch(fused_graphs, name, capsy
     torch.testing.assert_close(probs, want, atol=TOL[torch.float32][0], rtol=TOL[torch.float32][1])
 
 
+def _session_spins(runner) -> bool:
+    """What ONNX Runtime's own session options say (an unset key is ONNX Runtime's default: spinning)."""
+    from fastmlr.runtime.onnx import SPIN_KEY
+
+    try:
+        return runner.session.get_session_options().get_session_config_entry(SPIN_KEY) != "0"
+    except RuntimeError:  # "SessionOptions does not have configuration with key"
+        return True
+
+
+@needs_nodes
+@needs_ext
+def test_a_fused_graphs_threads_do_not_spin_unless_asked_and_a_standard_graphs_do(fused_graphs, tmp_path, capsys):
+    """The fused graph's PyOps run torch's threads beside ONNX Runtime's: its pool does not spin by default."""
+    model, path = fused_graphs["srdl"]
+    assert not _session_spins(runtime.load(path, device="cpu", threads=2))
+    assert _session_spins(runtime.load(path, device="cpu", threads=2, spin=True))
+    std = str(tmp_path / "std.onnx")
+    donnx.export_onnx(model, std, SIZE, max_batch=2, opt_batch=1, onnx_ops="standard")
+    assert _session_spins(runtime.load(std, device="cpu"))
+    off = runtime.load(std, device="cpu", spin=False)
+    assert not _session_spins(off)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(off.run(x)[1], torch.sigmoid(model(x)), atol=TOL[torch.float32][0],
+                                   rtol=TOL[torch.float32][1])
+
+
 @needs_nodes
 def test_a_fused_graph_without_the_extension_is_refused_with_the_documented_message(fused_graphs, monkeypatch):
     _, path = fused_graphs["srdl"]

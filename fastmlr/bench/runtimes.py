@@ -129,7 +129,8 @@ class OnnxRT(Runtime):
         if onnx_ops == "fused":
             self.name, self.label = "onnxrt-fused", "ONNX Runtime fp32, fused fastmlr nodes (onnxruntime-extensions)"
             self.timed = ("ONNX Runtime session.run (runner.run), the fastmlr nodes as onnxruntime-extensions PyOps "
-                          "calling the cpp kernels")
+                          "calling the cpp kernels; intra-op spinning off for every model of the column, as the "
+                          "runtime sets it for fused graphs")
         else:
             self.name = "onnxrt-fp16" if fp16 else "onnxrt-fp32"
             self.label = f"ONNX Runtime {'fp16' if fp16 else 'fp32'}"
@@ -159,6 +160,8 @@ class OnnxRT(Runtime):
         path = os.path.join(ctx["workdir"], f"{ctx['model_name']}-{self.name}.onnx")
         _export(model, ctx, **{"onnx16" if self.fp16 else "onnx32": path}, fp16_search=False, onnx_ops=self.onnx_ops)
         opts = {"threads": ctx["threads"]} if ctx.get("threads") else {}
+        if self.onnx_ops == "fused":  # like with like: a baseline without fused nodes runs as the fused graphs do
+            opts["spin"] = False
         runner = _load_runner(path, device=ctx["device"].type, **opts)
         ctx["provider"] = runner.provider
         ctx["input_device"] = "cpu"  # the ONNX runner takes host tensors
