@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     fac = _Factory()
     try:
         return _run(args, tree, fac, cli, rel)
-    finally:  # every case's folder and the fixtures (~1 GB of checkpoints) go with the run, killed or not
+    finally:  # every case's folder and the fixtures (~1 GB of checkpoints) go with the run, on an error or Ctrl-C too
         shutil.rmtree(fac.base, ignore_errors=True)
 
 
