@@ -60,9 +60,11 @@ class Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
+def two_photo_env(tmp_path_factory, name: str) -> types.SimpleNamespace:
+    """A folder with two photos (a.png red, b.png blue), classes.txt (cat, dog) and good.jsonl (each photo four
+    times, one label set per image), and the Fashion-MNIST fake: the start of this file's and
+    test_reliability.py's fixtures."""
+    root = tmp_path_factory.mktemp(name)
     e = types.SimpleNamespace(root=root, fm=fmnist_root(tmp_path_factory))
     Image.new("RGB", (40, 40), "red").save(root / "a.png")
     Image.new("RGB", (40, 40), "blue").save(root / "b.png")
@@ -70,6 +72,13 @@ def env(tmp_path_factory):
     # One label set per image (an image listed with different labels is refused: test_reliability.py).
     good = "".join(json.dumps({"image": f, "labels": [c]}) + "\n" for f, c in [("a.png", "cat"), ("b.png", "dog")] * 4)
     (root / "good.jsonl").write_text(good)
+    return e
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = two_photo_env(tmp_path_factory, "cli")
+    root = e.root
     (root / "unknown.jsonl").write_text(
         json.dumps({"image": "a.png", "labels": ["cat"]}) + "\n" + json.dumps({"image": "a.png", "labels": ["cow"]}) + "\n"
     )

@@ -17,28 +17,21 @@ import signal
 import subprocess
 import sys
 import threading
-import types
 
 import pytest
 import torch
-from PIL import Image
 
-from fakes import fmnist_root
 from fastmlr import cooccurrence, evaluate, export, predict, train
-from test_cli_errors import run_main, targs
+from test_cli_errors import run_main, targs, two_photo_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    e = types.SimpleNamespace(root=root, fm=fmnist_root(tmp_path_factory))
-    Image.new("RGB", (40, 40), "red").save(root / "a.png")
-    Image.new("RGB", (40, 40), "blue").save(root / "b.png")
-    (root / "classes.txt").write_text("cat\ndog\n")
+    e = two_photo_env(tmp_path_factory, "rel")
+    root = e.root
     line = lambda img, labels: json.dumps({"image": img, "labels": labels}) + "\n"  # noqa: E731
-    (root / "good.jsonl").write_text("".join(line(i, [c]) for i, c in [("a.png", "cat"), ("b.png", "dog")] * 4))
     (root / "conflict.jsonl").write_text(line("a.png", ["cat"]) + line("b.png", ["dog"]) + line("a.png", ["dog"])
                                          + line("./a.png", ["cat", "dog"]))
     (root / "repeat.jsonl").write_text(line("a.png", ["cat"]) * 3 + line("b.png", ["dog"]) * 5)
