@@ -104,9 +104,9 @@ def inductor_configs(device: str) -> dict:
 
     On the CPU the weights are frozen into the package (``freezing``): Inductor folds them as constants and
     lays the convolution and linear weights out for oneDNN once, at compile time, instead of on every call.
-    Measured (ResNet-101 at 448 px, batch 1, AMD Zen 5, wall clock, interleaved): the baseline's package
-    444 -> 288 ms on 1 thread and 169 -> 143 ms on 2; SRDL's 466 -> 304 and 187 -> 152 ms. The package stays
-    a plain ``.pt2`` that Python and C++ load as before.
+    Measured (``benchmarks/runtime_options.py``; ResNet-101 at 448 px, batch 1, AMD Zen 5): the baseline's
+    package 399-444 -> 250-288 ms on 1 thread, 156-169 -> 143-151 ms on 2. The package stays a plain ``.pt2``
+    that Python and C++ load as before.
     """
     return {"freezing": True} if device == "cpu" else {}
 

@@ -33,7 +33,8 @@ class OnnxRunner(Runner):
     those threads spin while they wait for work (ONNX Runtime's ``session.intra_op.allow_spinning``); None is
     ONNX Runtime's default (on), except for a graph of the fused op set, whose PyOps run fastmlr's kernels on
     torch's own threads beside ONNX Runtime's: there spinning threads take the cores the kernels need
-    (measured, 2 threads on 2 cores, SRDL ResNet-101 at 448 px: 162-169 ms spinning, 134-140 ms not)."""
+    (benchmarks/runtime_options.py, 2 threads on 2 cores, SRDL ResNet-101 at 448 px: 162-173 ms spinning,
+    134-143 ms not)."""
 
     def __init__(self, path: str, sidecar: dict, device: str | None = None, threads: int | None = None,
                  spin: bool | None = None):
