@@ -58,7 +58,9 @@ TORCH_LIBRARY(fastmlr, m) {
   // SRDL eq. 6 + GMP: feat[n,c,k] = max_p 0.5 f[n,k,p] (sa[n,c,p] + ca[n,c,k]).
   // f [N, D, P], sa [N, C, P], ca [N, C, D] -> (feat [N, C, D], idx int64
   // [N, C, D]): idx is the first p reaching the maximum, all the backward needs.
-  m.def("car_pool(Tensor f, Tensor sa, Tensor ca) -> (Tensor, Tensor)");
+  // index=False (no gradient wanted): idx is empty ([0, C, D]) and the kernel
+  // need not track the positions (the CPU's float32 kernels then keep values alone).
+  m.def("car_pool(Tensor f, Tensor sa, Tensor ca, bool index=True) -> (Tensor, Tensor)");
   m.def("car_pool_backward(Tensor grad, Tensor f, Tensor sa, Tensor ca, Tensor idx) -> (Tensor, Tensor, Tensor)");
   // SRDL eq. 7-10: sa [N, K, H, W] -> int64 [N, K, 4] inclusive (x0, x1, y0, y1),
   // x along W; -1 rows for flat maps.

@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     pytest.skip(f"fastmlr._C is not built ({e})", allow_module_level=True)
 
 from fastmlr import ops
-from fastmlr.ops import _cpp, reference
+from fastmlr.ops import _cpp, opspec, reference
 from ops_common import TOL
 
 OPS = torch.ops.fastmlr
@@ -26,6 +26,15 @@ needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and _cpp.has_cuda_kernels()),
     reason="needs an NVIDIA GPU and fastmlr._C built with CUDA",
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """The ops' fake kernels and autograd formulas, which fastmlr.ops registers when it first loads an op's cpp
+    implementation: every test here calls torch.ops.fastmlr directly, and must not depend on which ran first."""
+    for spec in opspec.specs():
+        if "cpp" in spec.impls:
+            spec.impls["cpp"].load()
 
 
 def _car_inputs(N, C, P, D, dtype, device="cpu", seed=0):
@@ -96,6 +105,64 @@ def test_car_pool_exact_over_several_column_tiles():
     assert torch.equal(idx, candidates.argmax(dim=-1))  # argmax: the first maximal p
 
 
+def _pool_tiles_inputs(D):
+    _, _, _, _, f, ca = _car_inputs(2, 5, 196, D, torch.float32, seed=5)
+    return f, torch.rand(2, 5, 196, generator=torch.Generator().manual_seed(6)), ca
+
+
+@pytest.mark.parametrize("D", [130, 128], ids=["partial tile", "whole tiles"])
+def test_car_pool_without_index_exact_values(D):
+    # index=False (what ops.car_pool asks for when no gradient is wanted): the explicit kernels keep the values
+    # alone, with no positions; whole tiles are written into the output in place, a partial one through a copy.
+    f, sa, ca = _pool_tiles_inputs(D)
+    feat, idx = OPS.car_pool(f, sa, ca, False)
+    assert idx.shape == (0, 5, D) and idx.dtype == torch.int64
+    torch.testing.assert_close(feat, reference.car_pool_ref(f, sa, ca), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["NaN in f", "inf in sa", "sa + ca overflows"])
+def test_car_pool_without_index_exact_values_with_non_finite_terms(case):
+    # Keeping the values alone would lose a NaN term, so any input that could make one takes the kernel with
+    # pool_row's NaN rule; values (NaN included) as the reference computes them.
+    f, sa, ca = _pool_tiles_inputs(130)
+    if case == "NaN in f":
+        f[1, 70, 3] = float("nan")
+    elif case == "inf in sa":
+        sa[0, 2, 9] = float("inf")  # inf times a negative f: -inf; times 0.5 f = 0: NaN
+        f[0, 5, 9] = 0.0
+    else:
+        sa[1, 4, 0] = ca[1, 4, 100] = 3e38  # each finite, their sum not: 0.5 f (sa + ca) is inf or NaN
+        f[1, 100, 0] = 0.0
+    want = reference.car_pool_ref(f, sa, ca)
+    assert want.isnan().any() or want.isinf().any(), "the case makes a non-finite term"
+    feat, _ = OPS.car_pool(f, sa, ca, False)
+    torch.testing.assert_close(feat, want, atol=0, rtol=0, equal_nan=True)
+
+
+def test_car_pool_without_index_has_no_backward_and_ops_asks_for_it_only_without_gradients():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    f, sa, ca = _leaves(*_pool_tiles_inputs(64))
+    asked = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is OPS.car_pool.default:
+                asked.append(args[3] if len(args) > 3 else (kwargs or {}).get("index", True))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        with torch.no_grad():
+            ops.car_pool(f, sa, ca, backend="cpp")
+        ops.car_pool(f.detach(), sa.detach(), ca.detach(), backend="cpp")
+        ops.car_pool(f, sa, ca, backend="cpp").sum().backward()
+    assert asked == [False, False, True]
+    assert f.grad is not None and f.grad.abs().sum() > 0
+    # (the calls above registered the op's autograd formula, as any first use through fastmlr.ops does)
+    with pytest.raises(RuntimeError, match="index=False"):
+        OPS.car_pool(f, sa, ca, False)[0].sum().backward()
+
+
 def test_car_non_contiguous_inputs():
     u, wc, s, b, f, ca = _car_inputs(2, 3, 7, 5, torch.float64)
     u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
@@ -133,6 +200,8 @@ def _opcheck_samples(requires_grad: bool):
     _, idx = OPS.car_pool(f, sa, ca)
     yield OPS.car_spatial_attention.default, (*rg(u, wc, s, b),)
     yield OPS.car_pool.default, (*rg(f, sa, ca),)
+    if not requires_grad:  # without the index there is no backward
+        yield OPS.car_pool.default, (f, sa, ca, False)
     yield OPS.oe_boxes.default, (maps, 0.5)
     yield OPS.oe_erase.default, (*rg(maps), boxes)
     if not requires_grad:  # the backward ops have no derivative of their own

@@ -10,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -99,20 +101,25 @@ FMLR_CPU_CLONES void sa_backward_row(const T* __restrict__ u, const T* __restric
 using SaRow = void (*)(const float*, const float*, const float*, int64_t, int64_t, float*, int64_t, bool);
 using PoolTile = void (*)(const float*, const float*, const float*, const float*, const float*, int64_t, float*,
                          int32_t*, float*, int32_t*);
+using PoolValues = void (*)(const float*, const float*, const float*, const float*, const float*, int64_t, float*,
+                           float*);
 using TanhRow = void (*)(const float*, int64_t, float*);
 
 // One table per ISA, so adding a kernel or an ISA is one row, not one more switch.
 struct SimdKernels {
   SaRow sa_row;
   PoolTile pool_tile;
+  PoolValues pool_values;
   TanhRow tanh_row;
 };
 
 // nullptr where the generic loops run.
 const SimdKernels* simd_kernels() {
 #if FMLR_X86_SIMD
-  static const SimdKernels avx512{&simd::sa_row_avx512, &simd::pool_tile_avx512, &simd::tanh_avx512};
-  static const SimdKernels avx2{&simd::sa_row_avx2, &simd::pool_tile_avx2, &simd::tanh_avx2};
+  static const SimdKernels avx512{&simd::sa_row_avx512, &simd::pool_tile_avx512, &simd::pool_values_avx512,
+                                  &simd::tanh_avx512};
+  static const SimdKernels avx2{&simd::sa_row_avx2, &simd::pool_tile_avx2, &simd::pool_values_avx2,
+                                &simd::tanh_avx2};
   switch (cpu_isa()) {
     case CpuIsa::kAvx512: return &avx512;
     case CpuIsa::kAvx2: return &avx2;
@@ -123,8 +130,22 @@ const SimdKernels* simd_kernels() {
 }
 
 SaRow sa_row_simd() { return simd_kernels() ? simd_kernels()->sa_row : nullptr; }
-PoolTile pool_tile_simd() { return simd_kernels() ? simd_kernels()->pool_tile : nullptr; }
 TanhRow tanh_row_simd() { return simd_kernels() ? simd_kernels()->tanh_row : nullptr; }
+
+// Whether x[0..n) holds only finite numbers; *maxabs = the largest magnitude (meaningful when true).
+// On the bit patterns with the sign cleared, which order as the magnitudes do and put every infinity and
+// NaN (exponent all ones, >= 0x7f800000) above every finite number: one integer maximum, which vectorises.
+FMLR_CPU_CLONES bool finite_maxabs(const float* __restrict__ x, int64_t n, float* maxabs) {
+  int32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t b;
+    std::memcpy(&b, x + i, sizeof b);
+    b &= 0x7fffffff;
+    m = b > m ? b : m;
+  }
+  std::memcpy(maxabs, &m, sizeof m);
+  return m < 0x7f800000;
+}
 
 // Eq. 5 with the explicit float32 kernels; false (nothing done) where they do not run.
 bool sa_forward_simd(const float* up, const float* wp, const float* sp, float b, int64_t N, int64_t C, int64_t P,
@@ -132,12 +153,8 @@ bool sa_forward_simd(const float* up, const float* wp, const float* sp, float b,
   const auto row = sa_row_simd();
   if (!row) return false;
   // Finite u and wc (one pass over each, shared by the C x P x D products): no product is NaN.
-  const auto all_finite = [](const float* x, int64_t n) {
-    bool ok = true;
-    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
-    return ok;
-  };
-  const bool finite = all_finite(up, N * P * D) && all_finite(wp, C * D);
+  float unused;
+  const bool finite = finite_maxabs(up, N * P * D, &unused) && finite_maxabs(wp, C * D, &unused);
   // Grain: a few rows per task; each row is C x D tanh evaluations.
   at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -266,53 +283,94 @@ FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa
 // stays in the L2 cache while every category of a task reads it.
 constexpr int64_t kPoolBlock = 256;
 
-// car_pool with the explicit kernels: 0.5 f (exact) and ca zero-padded to whole tiles of kPoolTile
-// columns, f laid out as [N][tiles][P][kPoolTile]; one task per (n, tile) runs every category over its
-// tile while it is in cache. Values and positions as pool_row's (same rounding, ties, NaN rule).
-void car_pool_tiled(PoolTile tile, const at::Tensor& f, const at::Tensor& sa, const at::Tensor& ca_,
-                    at::Tensor& feat, at::Tensor& idx) {
+// hf[p * kPoolTile + k] = 0.5 f[k * P + p] for k < K, zero for K <= k < kPoolTile (one column tile of f,
+// transposed so that k is contiguous). Returns whether every value is finite.
+bool load_pool_tile(const float* f, int64_t K, int64_t P, float* hf) {
+  float unused;
+  bool ok = true;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* fk = f + k * P;
+    ok &= finite_maxabs(fk, P, &unused);
+    for (int64_t p = 0; p < P; ++p) hf[p * kPoolTile + k] = 0.5f * fk[p];
+  }
+  if (K < kPoolTile) {
+    for (int64_t p = 0; p < P; ++p) std::fill(hf + p * kPoolTile + K, hf + (p + 1) * kPoolTile, 0.0f);
+  }
+  return ok;
+}
+
+// car_pool with the explicit kernels. One task per (n, column tile of kPoolTile): the tile of 0.5 f (exact),
+// transposed to [P][kPoolTile] and zero-padded, goes into a buffer of the thread's own (kept between calls,
+// so no call allocates and faults in fresh pages for it) and stays in L1/L2 while every category reads it,
+// two categories per pass. Values and positions as pool_row's (same rounding, ties, NaN rule). Without idx
+// (the caller needs no gradient) and with candidates that cannot be NaN, the kernel keeps the values alone.
+void car_pool_tiled(const SimdKernels& kern, const at::Tensor& f_, const at::Tensor& sa, const at::Tensor& ca_,
+                    at::Tensor& feat, int64_t* ip) {
+  const auto f = f_.contiguous();
+  const auto ca = ca_.contiguous();
   const int64_t N = f.size(0), D = f.size(1), P = f.size(2), C = sa.size(1);
-  const int64_t T = (D + kPoolTile - 1) / kPoolTile, pad = T * kPoolTile - D;
-  const auto hf = at::constant_pad_nd(f * 0.5, {0, 0, 0, pad}).view({N, T, kPoolTile, P}).transpose(2, 3).contiguous();
-  const auto ca = at::constant_pad_nd(ca_, {0, pad}).contiguous();  // [N, C, T * kPoolTile]
-  const float* fp = hf.const_data_ptr<float>();
+  const int64_t T = (D + kPoolTile - 1) / kPoolTile;
+  const float* fp = f.const_data_ptr<float>();
   const float* sp = sa.const_data_ptr<float>();
   const float* cp = ca.const_data_ptr<float>();
   float* op = feat.mutable_data_ptr<float>();
-  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  // No candidate is NaN when f, sa and ca are finite and max |sa| + max |ca| does not overflow (then every
+  // sa + ca is a number and 0.5 f (sa + ca) a number or an infinity); f is checked tile by tile below.
+  float msa = 0.0f, mca = 0.0f;
+  const bool values_only = ip == nullptr && finite_maxabs(sp, sa.numel(), &msa) &&
+                           finite_maxabs(cp, ca.numel(), &mca) && msa + mca <= std::numeric_limits<float>::max();
   at::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> tile;
+    if (tile.size() < static_cast<size_t>(P * kPoolTile)) tile.resize(P * kPoolTile);
+    float* hf = tile.data();
+    alignas(64) float cpad[2][kPoolTile];
     alignas(64) float best[2][kPoolTile];
     alignas(64) int32_t arg[2][kPoolTile];
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / T, k0 = (r % T) * kPoolTile, K = std::min(kPoolTile, D - k0);
+      const bool fast = load_pool_tile(fp + (n * D + k0) * P, K, P, hf) && values_only;
       for (int64_t c = 0; c < C; c += 2) {
         const int64_t nc = n * C + c, two = std::min<int64_t>(2, C - c);
-        const float* cp0 = cp + nc * T * kPoolTile + k0;
-        tile(fp + r * P * kPoolTile, sp + nc * P, cp0, two == 2 ? sp + (nc + 1) * P : nullptr,
-             cp0 + T * kPoolTile, P, best[0], arg[0], best[1], arg[1]);
+        const float* cas[2] = {cp + nc * D + k0, cp + (nc + 1) * D + k0};
+        float* outs[2] = {best[0], best[1]};
         for (int64_t j = 0; j < two; ++j) {
-          for (int64_t k = 0; k < K; ++k) {
-            op[(nc + j) * D + k0 + k] = best[j][k];
-            ip[(nc + j) * D + k0 + k] = arg[j][k];
+          if (K < kPoolTile) {  // the last tile: ca zero-padded, results through the local rows
+            std::fill(std::copy(cas[j], cas[j] + K, cpad[j]), cpad[j] + kPoolTile, 0.0f);
+            cas[j] = cpad[j];
+          } else if (fast) {
+            outs[j] = op + (nc + j) * D + k0;  // a whole tile of the output row: written in place
           }
+        }
+        const float* sa2 = two == 2 ? sp + (nc + 1) * P : nullptr;
+        if (fast) {
+          kern.pool_values(hf, sp + nc * P, cas[0], sa2, cas[1], P, outs[0], outs[1]);
+        } else {
+          kern.pool_tile(hf, sp + nc * P, cas[0], sa2, cas[1], P, best[0], arg[0], best[1], arg[1]);
+        }
+        for (int64_t j = 0; j < two; ++j) {
+          if (outs[j] == best[j]) std::copy(best[j], best[j] + K, op + (nc + j) * D + k0);
+          if (ip && !fast) std::copy(arg[j], arg[j] + K, ip + (nc + j) * D + k0);
         }
       }
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_) {
+// index: whether to return the positions of the maxima (what the backward reads); without them idx is an
+// empty tensor and the float32 kernels may skip tracking them.
+std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_,
+                                                bool index) {
   check_car_pool(f_, sa_, ca_);
   TORCH_CHECK(f_.device().is_cpu(), "car_pool: expected CPU tensors, got ", f_.device());
   const int64_t N = f_.size(0), D = f_.size(1), P = f_.size(2), C = sa_.size(1);
   TORCH_CHECK(P <= std::numeric_limits<int32_t>::max(), "car_pool: P = ", P, " exceeds the int32 range");
   const auto sa = sa_.contiguous();
   auto feat = at::empty({N, C, D}, f_.options());
-  auto idx = at::empty({N, C, D}, f_.options().dtype(at::kLong));
+  auto idx = at::empty({index ? N : 0, C, D}, f_.options().dtype(at::kLong));
   if (feat.numel() == 0) return {feat, idx};
   if (f_.scalar_type() == at::kFloat) {
-    if (const auto tile = pool_tile_simd()) {
-      car_pool_tiled(tile, f_, sa, ca_, feat, idx);
+    if (const auto kern = simd_kernels()) {
+      car_pool_tiled(*kern, f_, sa, ca_, feat, index ? idx.mutable_data_ptr<int64_t>() : nullptr);
       return {feat, idx};
     }
   }
@@ -324,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     const scalar_t* cp = ca.const_data_ptr<scalar_t>();
     scalar_t* op = feat.mutable_data_ptr<scalar_t>();
-    int64_t* ip = idx.mutable_data_ptr<int64_t>();
+    int64_t* ip = index ? idx.mutable_data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<int32_t> arg(std::min(D, kPoolBlock));
       for (int64_t k0 = 0; k0 < D; k0 += kPoolBlock) {
@@ -332,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::
         for (int64_t r = begin; r < end; ++r) {
           const int64_t n = r / C;
           pool_row<scalar_t>(fp + n * P * D + k0, sp + r * P, cp + r * D + k0, P, K, D, op + r * D + k0, arg.data());
-          for (int64_t k = 0; k < K; ++k) ip[r * D + k0 + k] = arg[k];
+          if (ip) std::copy(arg.begin(), arg.begin() + K, ip + r * D + k0);
         }
       }
     });

@@ -54,6 +54,12 @@ void pool_tile_avx512(const float* hf, const float* sa, const float* ca, const f
                       int64_t P, float* best, int32_t* arg, float* best2, int32_t* arg2);
 void pool_tile_avx2(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
                     int64_t P, float* best, int32_t* arg, float* best2, int32_t* arg2);
+// The same values without their positions, for candidates that cannot be NaN: f, sa and ca finite and no
+// sa + ca overflowing (the caller checks; a NaN term would be lost, not propagated).
+void pool_values_avx512(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
+                        int64_t P, float* best, float* best2);
+void pool_values_avx2(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
+                      int64_t P, float* best, float* best2);
 // y[i] = tanh_fast(x[i]), i < n.
 void tanh_avx512(const float* x, int64_t n, float* y);
 void tanh_avx2(const float* x, int64_t n, float* y);

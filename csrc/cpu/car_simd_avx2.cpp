@@ -41,6 +41,7 @@ struct V256 {
   // !(v <= b) is v > b or either NaN; and "b is a number": pool_row's rule.
   static inline M gt_or_nan(R v, R b) { return _mm256_and_ps(_mm256_cmp_ps(v, b, _CMP_NLE_UQ), _mm256_cmp_ps(b, b, _CMP_ORD_Q)); }
   static inline R select(M m, R b, R v) { return _mm256_blendv_ps(b, v, m); }
+  static inline R max(R v, R b) { return _mm256_max_ps(v, b); }  // v > b ? v : b
   static inline I select_i(M m, I a, I v) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(v), m));
   }
@@ -57,7 +58,11 @@ void sa_row_avx2(const float* u, const float* wc, const float* s, int64_t C, int
 }
 void pool_tile_avx2(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
                       int64_t P, float* best, int32_t* arg, float* best2, int32_t* arg2) {
-  pool_tile<V256, 2, kPoolTile>(hf, sa, ca, sa2, ca2, P, best, arg, best2, arg2);
+  pool_tile<V256, 2, kPoolTile, true>(hf, sa, ca, sa2, ca2, P, best, arg, best2, arg2);
+}
+void pool_values_avx2(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
+                      int64_t P, float* best, float* best2) {
+  pool_tile<V256, 2, kPoolTile, false>(hf, sa, ca, sa2, ca2, P, best, nullptr, best2, nullptr);
 }
 void tanh_avx2(const float* x, int64_t n, float* y) { tanh_rows<V256>(x, n, y); }
 }  // namespace simd

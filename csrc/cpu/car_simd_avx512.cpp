@@ -39,6 +39,7 @@ struct V512 {
     return _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(b, b, _CMP_ORD_Q), v, b, _CMP_NLE_UQ);
   }
   static inline R select(M m, R b, R v) { return _mm512_mask_mov_ps(b, m, v); }
+  static inline R max(R v, R b) { return _mm512_max_ps(v, b); }  // v > b ? v : b
   static inline I select_i(M m, I a, I v) { return _mm512_mask_mov_epi32(a, m, v); }
 };
 }  // namespace
@@ -57,7 +58,11 @@ void sa_row_avx512(const float* u, const float* wc, const float* s, int64_t C, i
 }
 void pool_tile_avx512(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
                       int64_t P, float* best, int32_t* arg, float* best2, int32_t* arg2) {
-  pool_tile<V512, 4, kPoolTile>(hf, sa, ca, sa2, ca2, P, best, arg, best2, arg2);
+  pool_tile<V512, 4, kPoolTile, true>(hf, sa, ca, sa2, ca2, P, best, arg, best2, arg2);
+}
+void pool_values_avx512(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
+                      int64_t P, float* best, float* best2) {
+  pool_tile<V512, 4, kPoolTile, false>(hf, sa, ca, sa2, ca2, P, best, nullptr, best2, nullptr);
 }
 void tanh_avx512(const float* x, int64_t n, float* y) { tanh_rows<V512>(x, n, y); }
 }  // namespace simd

@@ -9,7 +9,7 @@
 // fmadd(a, b, c) = a b + c, clamp(x, -h, h) (tanh_fast's clamps, x < -h ? -h : x then x > h ? h : x,
 // NaN kept), clamp_no_nan (the same for a number; anything for a NaN), div, sum (of the lanes),
 // gt_or_nan(v, b) (v > b, or v NaN and b not: pool_row's rule), select / select_i (b where the mask is
-// off, v where it is on).
+// off, v where it is on), max(v, b) (v > b ? v : b).
 #pragma once
 
 #include "tanh_coeffs.h"
@@ -90,12 +90,16 @@ inline void sa_row(const float* u, const float* wc, const float* s, int64_t C, i
   }
 }
 
-// kT registers of maxima and of their positions per category, two categories per pass over the P rows
-// of a tile (each row's load serves both; 2 kT independent chains of compare-and-select);
-// kTile / (kT kW) passes per tile. Candidate values are rounded as pool_row rounds them: (sa + ca)
-// first, then the product with 0.5 f (never contracted: a sum times a number). sa and ca point at
-// category c; sa2 and ca2 at the second category (nullptr: one category).
-template <class V, int kT, int64_t kTile>
+// kT registers of maxima (and, with kIndex, of their positions) per category, two categories per pass over
+// the P rows of a tile (each row's load serves both; 2 kT independent chains); kTile / (kT kW) passes per
+// tile. Candidate values are rounded as pool_row rounds them: (sa + ca) first, then the product with 0.5 f
+// (never contracted: a sum times a number). sa and ca point at category c; sa2 and ca2 at the second
+// category (nullptr: one category).
+// kIndex: compare-and-select with pool_row's rules (first maximum; a NaN term replaces a number and stays),
+// positions kept in arg/arg2. !kIndex: the values alone, by max(v, best), which keeps the earlier of equal
+// values as pool_row does but would lose a NaN: only for candidates that cannot be NaN (the caller has
+// checked that f, sa, ca are finite and that no sa + ca overflows); arg/arg2 are not touched.
+template <class V, int kT, int64_t kTile, bool kIndex>
 inline void pool_tile(const float* hf, const float* sa, const float* ca, const float* sa2, const float* ca2,
                       int64_t P, float* best, int32_t* arg, float* best2, int32_t* arg2) {
   static_assert(kTile % (kT * V::kW) == 0, "the tile is a whole number of passes");
@@ -113,7 +117,7 @@ inline void pool_tile(const float* hf, const float* sa, const float* ca, const f
       for (int t = 0; t < kT; ++t) {
         cv[j][t] = V::load(cas[jj] + k0 + t * V::kW);
         bv[j][t] = V::mul(V::load(hf + k0 + t * V::kW), V::add(s0, cv[j][t]));
-        av[j][t] = V::seti(0);
+        if constexpr (kIndex) av[j][t] = V::seti(0);
       }
     }
     const float* sb = sas[nc - 1];
@@ -122,21 +126,25 @@ inline void pool_tile(const float* hf, const float* sa, const float* ca, const f
     for (int64_t p = 1; p < P; ++p) {
       const float* row = hf + p * kTile + k0;
       const typename V::R sp[2] = {V::set1(sa[p]), V::set1(sb[p])};
-      pi = V::addi(pi, one);
+      if constexpr (kIndex) pi = V::addi(pi, one);
       for (int t = 0; t < kT; ++t) {
         const auto h = V::load(row + t * V::kW);
         for (int j = 0; j < 2; ++j) {
           const auto v = V::mul(h, V::add(sp[j], cv[j][t]));
-          const auto m = V::gt_or_nan(v, bv[j][t]);
-          bv[j][t] = V::select(m, bv[j][t], v);
-          av[j][t] = V::select_i(m, av[j][t], pi);
+          if constexpr (kIndex) {
+            const auto m = V::gt_or_nan(v, bv[j][t]);
+            bv[j][t] = V::select(m, bv[j][t], v);
+            av[j][t] = V::select_i(m, av[j][t], pi);
+          } else {
+            bv[j][t] = V::max(v, bv[j][t]);
+          }
         }
       }
     }
     for (int j = 0; j < nc; ++j) {
       for (int t = 0; t < kT; ++t) {
         V::store(bests[j] + k0 + t * V::kW, bv[j][t]);
-        V::store_i(args[j] + k0 + t * V::kW, av[j][t]);
+        if constexpr (kIndex) V::store_i(args[j] + k0 + t * V::kW, av[j][t]);
       }
     }
   }

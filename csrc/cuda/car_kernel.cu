@@ -248,7 +248,10 @@ __global__ void pool_backward_f_kernel(const scalar_t* __restrict__ grad, const 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> car_pool_cuda(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_) {
+// index=False: the same kernel runs (it writes the positions to a scratch tensor) and idx comes back empty,
+// as the schema says; only the CPU's float32 kernels skip the positions.
+std::tuple<at::Tensor, at::Tensor> car_pool_cuda(const at::Tensor& f_, const at::Tensor& sa_, const at::Tensor& ca_,
+                                                 bool index) {
   check_car_pool(f_, sa_, ca_);
   TORCH_CHECK(f_.is_cuda(), "car_pool: expected CUDA tensors, got ", f_.device());
   c10::cuda::CUDAGuard guard(f_.device());
@@ -259,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor> car_pool_cuda(const at::Tensor& f_, const at:
   const auto ca = ca_.contiguous();
   auto feat = at::empty({N, C, D}, f_.options());
   auto idx = at::empty({N, C, D}, f_.options().dtype(at::kLong));
-  if (feat.numel() == 0) return {feat, idx};
+  if (feat.numel() == 0) return {feat, index ? idx : at::empty({0, C, D}, idx.options())};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_.scalar_type(), "car_pool_cuda", [&] {
     pool_forward_kernel<scalar_t><<<blocks_for(N * C * D), kThreads, 0, stream>>>(
@@ -267,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor> car_pool_cuda(const at::Tensor& f_, const at:
         feat.mutable_data_ptr<scalar_t>(), idx.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {feat, idx};
+  return {feat, index ? idx : at::empty({0, C, D}, idx.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> car_pool_backward_cuda(const at::Tensor& grad_, const at::Tensor& f_,

@@ -153,9 +153,9 @@ def _cpp_ops():
     fake("fastmlr::car_spatial_attention_backward")(
         lambda grad, u, wc, s, b, out: tuple(torch.empty_like(t) for t in (u, wc, s, b)))
 
-    def pool_fake(f, sa, ca):
+    def pool_fake(f, sa, ca, index=True):
         shape = (f.shape[0], sa.shape[1], f.shape[1])
-        return f.new_empty(shape), f.new_empty(shape, dtype=torch.int64)
+        return f.new_empty(shape), f.new_empty((shape[0] if index else 0, *shape[1:]), dtype=torch.int64)
 
     fake("fastmlr::car_pool")(pool_fake)
     fake("fastmlr::car_pool_backward")(lambda grad, f, sa, ca, idx: tuple(torch.empty_like(t) for t in (f, sa, ca)))
@@ -169,13 +169,16 @@ def _cpp_ops():
 
     def pool_setup(ctx, inputs, output):
         # The argmax index (N x C x D) is all the backward keeps besides the inputs.
-        ctx.save_for_backward(*inputs, output[1])
+        ctx.save_for_backward(*inputs[:3], output[1])  # inputs[3]: index
 
     def pool_backward(ctx, grad_feat, grad_idx):
         f, sa, ca, idx = ctx.saved_tensors
         if grad_feat is None:
-            return None, None, None
-        return ops.car_pool_backward(grad_feat.contiguous(), f, sa, ca, idx)
+            return None, None, None, None
+        if idx.shape[0] != f.shape[0]:
+            raise RuntimeError("fastmlr::car_pool was called with index=False, which keeps no argmax index, so it "
+                               "has no backward; call it with index=True where a gradient is wanted")
+        return *ops.car_pool_backward(grad_feat.contiguous(), f, sa, ca, idx), None
 
     torch.library.register_autograd("fastmlr::car_spatial_attention", sa_backward, setup_context=sa_setup)
     torch.library.register_autograd("fastmlr::car_pool", pool_backward, setup_context=pool_setup)
@@ -189,7 +192,14 @@ def _cpp_sa():
 
 def _cpp_pool():
     ops = _cpp_ops()
-    return lambda f, sa, ca: ops.car_pool(f, sa, ca)[0]  # [1]: the argmax index its backward reads
+
+    def pool(f, sa, ca):
+        # [1]: the argmax index its backward reads; where no gradient is wanted the kernel skips it
+        # (index=False), which on the CPU lets it keep the values alone.
+        index = torch.is_grad_enabled() and (f.requires_grad or sa.requires_grad or ca.requires_grad)
+        return ops.car_pool(f, sa, ca, index)[0]
+
+    return pool
 
 
 _CPP_DTYPES = {"cpu": (torch.float32, torch.float64),
