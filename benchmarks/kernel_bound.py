@@ -7,8 +7,9 @@ The bound is measured, not looked up: a small C function of 12 independent FMA c
 round by round with the kernel, so both see the same clock. Eq. 5's tanh reduction costs 12 multiply/FMA
 operations per element (``u*wc``, ``x*x``, 4 + 4 Horner steps of tanh_fast's rational, ``x*p``, the
 ``s``-weighted accumulation; the division and the clamps issue on other units), so its bound in tanh
-elements per CPU-second is ``lane-FMAs per second / 12``. ``car_pool``'s line is its rate of candidates
-(``sa + ca``, ``* f``, compare, two selects per lane), given for reference.
+elements per CPU-second is ``lane-FMAs per second / 12``. ``car_pool``'s line is its rate of candidates as
+inference calls it (no gradient: ``sa + ca``, ``* f``, max per lane), given for reference, and its time
+with the positions of the maxima that training's backward reads (compare and two selects instead of max).
 
 Every figure is CPU time of this process (``time.process_time``), one thread, ResNet-101's head at
 448 px: N=1, C=80, P=196, D=2048. Each ISA runs in its own child process with ``FASTMLR_CPU_CAPABILITY``
@@ -160,7 +161,8 @@ def child(isa: str, rounds: int) -> dict:
             "peak": lambda: peak_fn(n_fma),
             "mix": lambda: mix_fn(n_mix, coeffs),
             "car_spatial_attention": lambda: ops.car_spatial_attention(u, wc, s, b, backend="cpp"),
-            "car_pool": lambda: ops.car_pool(f, sa, ca, backend="cpp"),
+            "car_pool": lambda: ops.car_pool(f, sa, ca, backend="cpp"),  # no gradient wanted: values alone
+            "car_pool_index": lambda: torch.ops.fastmlr.car_pool(f, sa, ca, True),  # training's call: and positions
         }
         for fn in calls.values():
             fn()
@@ -189,6 +191,7 @@ def child(isa: str, rounds: int) -> dict:
         "fraction_of_mix_ceiling": rate / ceiling,
         "car_pool_ms": 1e3 * med["car_pool"],
         "car_pool_candidates_per_s": elems / med["car_pool"],
+        "car_pool_index_ms": 1e3 * med["car_pool_index"],
     }
 
 
@@ -227,18 +230,19 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     print(f"{machine()}; 1 thread, CPU time, load average {load:.1f}; N=1 C=80 P=196 D=2048 (ResNet-101 at 448 px)")
     print("| ISA | peak, G lane-FMA/s | FMA bound, G tanh/s | mix ceiling, G tanh/s | car_spatial_attention ms "
-          "[min, max] | G tanh/s | of the FMA bound | of the mix ceiling | car_pool ms | G candidates/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "[min, max] | G tanh/s | of the FMA bound | of the mix ceiling | car_pool ms | G candidates/s | "
+          "car_pool with positions (training) ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "skipped" in r:
-            print(f"| {r['isa']} | skipped: {r['skipped']} | | | | | | | | |")
+            print(f"| {r['isa']} | skipped: {r['skipped']} | | | | | | | | | |")
             continue
         lo, hi = r["car_spatial_attention_ms_range"]
         print(f"| {r['isa']} | {r['peak_lane_fma_per_s'] / 1e9:.0f} | {r['tanh_bound_per_s'] / 1e9:.2f} | "
               f"{r['mix_ceiling_per_s'] / 1e9:.2f} | {r['car_spatial_attention_ms']:.2f} [{lo:.2f}, {hi:.2f}] | "
               f"{r['car_spatial_attention_per_s'] / 1e9:.2f} | **{100 * r['fraction_of_bound']:.0f}%** | "
               f"**{100 * r['fraction_of_mix_ceiling']:.0f}%** | {r['car_pool_ms']:.2f} | "
-              f"{r['car_pool_candidates_per_s'] / 1e9:.1f} |")
+              f"{r['car_pool_candidates_per_s'] / 1e9:.1f} | {r['car_pool_index_ms']:.2f} |")
     if args.json:
         from fastmlr.files import atomic_write_json
 
