@@ -74,3 +74,24 @@ def test_fp32_bound_is_twice_pytorchs_own_error_against_float64():
     assert 0 < own < 1e-5  # fp32 rounding of a small network: present, and small
     assert fp32_bound(model, x, p32, 1e-4) == (1e-4, pytest.approx(own, rel=1e-2))  # (max_abs_diff works in float32)
     assert fp32_bound(model, x, p32, own / 10)[0] == pytest.approx(2 * own, rel=1e-2)
+
+
+@pytest.mark.parametrize("times_own, ok", [(1.5, True), (3.0, False)])
+def test_the_aoti_check_holds_a_package_to_the_same_fp32_bound(monkeypatch, times_own, ok):
+    """verify_aoti: past the fixed tolerance, a package may differ from PyTorch by twice PyTorch's own fp32 error
+    (a frozen CPU package sums its packed convolutions in another order). The package's outputs here are
+    PyTorch's shifted by a chosen multiple of that error; the tolerance is set below it so the bound decides."""
+    from fastmlr.deploy import aoti, verify
+
+    model = _random("baseline", "resnet18")
+    calibrate_batchnorm(model, 64)
+    x = aoti.example_images(64, 3)
+    own = verify.fp32_bound(model, x, verify.torch_probs(model, x), 0.0)[1]
+    assert own > 2.5e-7  # several float32 spacings near the probabilities (6e-8): the shifts below stay apart
+    monkeypatch.setitem(verify.TOLERANCE, "fp32", own / 10)
+    monkeypatch.setattr(aoti, "load_package", lambda path: (
+        lambda images: (None, verify.torch_probs(model, images) + times_own * own)))
+    rep = aoti.verify_aoti("package.pt2", model, 64, max_batch=3)
+    assert rep["ok"] is ok
+    assert rep["bound"]["random"] == pytest.approx(2 * own, rel=1e-2)
+    assert rep["max_abs_diff"]["random"] == pytest.approx(times_own * own, abs=1.2e-7)  # two spacings

@@ -24,7 +24,7 @@ from ..artifact.contract import INPUT_NAME, OUTPUT_NAMES, make_sidecar, write_si
 from ..files import atomic_write_bytes, check_replaceable, remove_stale_temps
 from ..runtime.aoti import OPS_NAMESPACE, load_package, package_custom_ops
 from .graph import InferenceGraph, batch_dim, check_batch_range, example_images, export_mode, quiet
-from .verify import TOLERANCE, max_abs_diff, torch_probs
+from .verify import TOLERANCE, fp32_bound, max_abs_diff, torch_probs
 
 AOTI_OPS = ("cpp", "reference")
 
@@ -155,20 +155,31 @@ def export_aoti(model: nn.Module, path: str, image_size: int, *, max_batch: int 
 
 
 def verify_aoti(path: str, model: nn.Module, image_size: int, *, real=None, max_batch: int = 16) -> dict:
-    """Load the ``.pt2`` and compare its probabilities with PyTorch's (fp32 tolerance)."""
+    """Load the ``.pt2`` and compare its probabilities with PyTorch's: within the fp32 tolerance, or, where a
+    deep network's rounding compounds past it, within twice PyTorch's own fp32 error against float64 on the
+    same images (the ONNX check's rule, :func:`fastmlr.deploy.verify.fp32_bound`). A CPU package computes its
+    convolutions and linear layers with weights packed at compile time (freezing), in another order of sums
+    than eager PyTorch's; a random ResNet-101 at 448 px differs by 4e-4 there (PyTorch itself by 2e-4)."""
     rep = {"artifact": path, "kind": "aoti", "tolerance": TOLERANCE["fp32"]}
     runner = load_package(path)
     sets = {"random": example_images(image_size, min(3, max_batch))}
     if real is not None:
         sets["real"] = real[:max_batch]
-    diffs = {}
+    diffs, bounds, own32 = {}, {}, {}
+    dev = next(model.parameters()).device  # a CUDA package's model was moved to the GPU by its export
     with torch.no_grad():
         for name, x in sets.items():
             logits, probs = runner(x)
-            dev = next(model.parameters()).device  # a CUDA package's model was moved to the GPU by its export
-            diffs[name] = max_abs_diff(probs, torch_probs(model, x.to(dev)))
+            ref = torch_probs(model, x.to(dev))
+            diffs[name] = max_abs_diff(probs, ref)
+            bounds[name] = rep["tolerance"]
+            if diffs[name] > rep["tolerance"]:
+                bounds[name], own32[name] = fp32_bound(model, x.to(dev), ref, rep["tolerance"])
     rep["max_abs_diff"] = diffs
-    rep["ok"] = all(d <= rep["tolerance"] for d in diffs.values())
+    if own32:
+        rep["torch_fp32_max_abs_diff"] = own32
+        rep["bound"] = bounds
+    rep["ok"] = all(d <= bounds[k] for k, d in diffs.items())
     return rep
 
 
