@@ -60,9 +60,9 @@ def test_a_random_resnet101_srdl_stays_inside_float16():
     assert before > FP16_MAX > 100 * after, (before, after)
 
 
-def test_fp32_bound_is_twice_pytorchs_own_error_against_float64():
-    """verify's fp32 bound: PyTorch's fp32 probabilities against the float64 twin of the same model."""
-    from fastmlr.deploy.verify import fp32_bound, torch_probs, torch_probs64
+def test_past_the_tolerance_both_are_held_to_the_float64_twin():
+    """verify's fp32 rule: PyTorch's fp32 probabilities and the runtime's, each against the float64 twin."""
+    from fastmlr.deploy.verify import fp32_against_float64, torch_probs, torch_probs64
 
     model = _random("baseline", "resnet18")
     calibrate_batchnorm(model, 64)
@@ -72,26 +72,33 @@ def test_fp32_bound_is_twice_pytorchs_own_error_against_float64():
     assert p64.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32  # a copy went to float64
     own = (p32.double() - p64).abs().max().item()
     assert 0 < own < 1e-5  # fp32 rounding of a small network: present, and small
-    assert fp32_bound(model, x, p32, 1e-4) == (1e-4, pytest.approx(own, rel=1e-2))  # (max_abs_diff works in float32)
-    assert fp32_bound(model, x, p32, own / 10)[0] == pytest.approx(2 * own, rel=1e-2)
+    runtime = p64 + 3 * own  # a runtime three times as far from the exact result
+    got = fp32_against_float64(model, x, runtime, p32, 1e-4)  # (max_abs_diff works in float32)
+    assert got["own"] == pytest.approx(own, rel=1e-2) and got["artefact"] == pytest.approx(3 * own, rel=2e-2)
+    assert got["bound"] == 1e-4
+    assert fp32_against_float64(model, x, runtime, p32, own / 10)["bound"] == pytest.approx(2 * own, rel=1e-2)
 
 
 @pytest.mark.parametrize("times_own, ok", [(1.5, True), (3.0, False)])
-def test_the_aoti_check_holds_a_package_to_the_same_fp32_bound(monkeypatch, times_own, ok):
-    """verify_aoti: past the fixed tolerance, a package may differ from PyTorch by twice PyTorch's own fp32 error
-    (a frozen CPU package sums its packed convolutions in another order). The package's outputs here are
-    PyTorch's shifted by a chosen multiple of that error; the tolerance is set below it so the bound decides."""
-    from fastmlr.deploy import aoti, verify
+def test_the_aoti_check_holds_a_package_to_the_float64_twin_past_the_tolerance(monkeypatch, times_own, ok):
+    """verify_aoti: past the fixed tolerance, a package may be as far from the float64 twin as twice PyTorch's
+    own fp32 error (a frozen CPU package sums its packed convolutions in another order). The package's outputs
+    here are the twin's shifted by a chosen multiple of that error; the tolerance is set below it so that the
+    rule decides; the printed report names both errors."""
+    from fastmlr.deploy import aoti, pipeline, verify
 
     model = _random("baseline", "resnet18")
     calibrate_batchnorm(model, 64)
     x = aoti.example_images(64, 3)
-    own = verify.fp32_bound(model, x, verify.torch_probs(model, x), 0.0)[1]
+    own = verify.max_abs_diff(verify.torch_probs(model, x), verify.torch_probs64(model, x))
     assert own > 2.5e-7  # several float32 spacings near the probabilities (6e-8): the shifts below stay apart
     monkeypatch.setitem(verify.TOLERANCE, "fp32", own / 10)
     monkeypatch.setattr(aoti, "load_package", lambda path: (
-        lambda images: (None, verify.torch_probs(model, images) + times_own * own)))
+        lambda images: (None, verify.torch_probs64(model, images) + times_own * own)))
     rep = aoti.verify_aoti("package.pt2", model, 64, max_batch=3)
     assert rep["ok"] is ok
-    assert rep["bound"]["random"] == pytest.approx(2 * own, rel=1e-2)
-    assert rep["max_abs_diff"]["random"] == pytest.approx(times_own * own, abs=1.2e-7)  # two spacings
+    past = rep["against_float64"]["random"]
+    assert past["bound"] == pytest.approx(2 * own, rel=1e-2)
+    assert past["artefact"] == pytest.approx(times_own * own, abs=1.2e-7)  # two float32 spacings
+    printed = pipeline.format_report(rep)
+    assert f"this artefact {past['artefact']:.2e}, PyTorch fp32 {past['own']:.2e}" in printed
