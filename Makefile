@@ -102,7 +102,7 @@ $(HOST_BIN)/python:
 	$(PY_HOST) -m venv $(HOST_VENV)
 	$(HOST_BIN)/pip install -q --upgrade pip
 
-$(HOST_STAMP): $(HOST_BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h)
+$(HOST_STAMP): $(HOST_BIN)/python pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*.h csrc/*/*.h)
 	$(HOST_BIN)/pip install -q $(HOST_PINS)
 	FASTMLR_WITH_CUDA=$(HOST_WITH_CUDA) $(HOST_BIN)/python setup.py -q build_ext --inplace --build-temp build/host
 	touch $(HOST_STAMP)
