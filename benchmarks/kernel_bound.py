@@ -10,6 +10,9 @@ operations per element (``u*wc``, ``x*x``, 4 + 4 Horner steps of tanh_fast's rat
 elements per CPU-second is ``lane-FMAs per second / 12``. ``car_pool``'s line is its rate of candidates as
 inference calls it (no gradient: ``sa + ca``, ``* f``, max per lane), given for reference, and its time
 with the positions of the maxima that training's backward reads (compare and two selects instead of max).
+The last column runs the instruction stream of eq. 5 with the division replaced by a reciprocal estimate
+and one Newton step (the division-free form of the same quotient, about one float spacing apart): whether
+giving up the division's exact rounding would buy speed on this CPU.
 
 Every figure is CPU time of this process (``time.process_time``), one thread, ResNet-101's head at
 448 px: N=1, C=80, P=196, D=2048. Each ISA runs in its own child process with ``FASTMLR_CPU_CAPABILITY``
@@ -88,6 +91,25 @@ __attribute__((target("avx2,fma"))) float mix_avx2(long n, const float* P) {
       _mm256_min_ps(h, _mm256_max_ps(mh, v)), _mm256_min_ps(one, _mm256_max_ps(mone, t)), sum8)
 }
 
+/* The same stream with the division replaced by a reciprocal estimate and one Newton step (r = rcp(q);
+   r += r (1 - q r); t = x p r): the division-free form of the same quotient, for comparison. */
+__attribute__((target("avx512f,avx512dq"))) static inline __m512 div_rcp512(__m512 a, __m512 b) {
+  const __m512 r = _mm512_rcp14_ps(b);
+  return _mm512_mul_ps(a, _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.f)), r));
+}
+__attribute__((target("avx512f,avx512dq"))) float mix_rcp_avx512(long n, const float* P) {
+  MIX(__m512, 16, P, _mm512_set1_ps, _mm512_load_ps, _mm512_mul_ps, _mm512_fmadd_ps, div_rcp512,
+      _mm512_range_ps(v, h, 0x02), _mm512_range_ps(t, one, 0x02), _mm512_reduce_add_ps)
+}
+__attribute__((target("avx2,fma"))) static inline __m256 div_rcp256(__m256 a, __m256 b) {
+  const __m256 r = _mm256_rcp_ps(b);
+  return _mm256_mul_ps(a, _mm256_fmadd_ps(r, _mm256_fnmadd_ps(b, r, _mm256_set1_ps(1.f)), r));
+}
+__attribute__((target("avx2,fma"))) float mix_rcp_avx2(long n, const float* P) {
+  MIX(__m256, 8, P, _mm256_set1_ps, _mm256_load_ps, _mm256_mul_ps, _mm256_fmadd_ps, div_rcp256,
+      _mm256_min_ps(h, _mm256_max_ps(mh, v)), _mm256_min_ps(one, _mm256_max_ps(mone, t)), sum8)
+}
+
 __attribute__((target("avx512f"))) float peak_avx512(long n) {
   CHAINS(__m512, _mm512_fmadd_ps, _mm512_set1_ps)
   return _mm512_reduce_add_ps(s);
@@ -115,7 +137,7 @@ def build_peak(folder: str) -> ctypes.CDLL:
     dll = ctypes.CDLL(lib)
     for name in ("peak_avx512", "peak_avx2"):
         getattr(dll, name).argtypes, getattr(dll, name).restype = [ctypes.c_long], ctypes.c_float
-    for name in ("mix_avx512", "mix_avx2"):
+    for name in ("mix_avx512", "mix_avx2", "mix_rcp_avx512", "mix_rcp_avx2"):
         getattr(dll, name).argtypes, getattr(dll, name).restype = [ctypes.c_long, ctypes.c_void_p], ctypes.c_float
     return dll
 
@@ -154,12 +176,13 @@ def child(isa: str, rounds: int) -> dict:
     sa = ops.car_spatial_attention(u, wc, s, b, backend="cpp")
     with tempfile.TemporaryDirectory(prefix="fastmlr-peak-") as tmp:
         dll = build_peak(tmp)
-        peak_fn, mix_fn = getattr(dll, f"peak_{isa}"), getattr(dll, f"mix_{isa}")
+        peak_fn, mix_fn, rcp_fn = (getattr(dll, f"{k}_{isa}") for k in ("peak", "mix", "mix_rcp"))
         coeffs = (ctypes.c_float * 8)(*tanh_coeffs())
         n_fma, n_mix = 2_000_000, 20_000
         calls = {
             "peak": lambda: peak_fn(n_fma),
             "mix": lambda: mix_fn(n_mix, coeffs),
+            "mix_rcp": lambda: rcp_fn(n_mix, coeffs),
             "car_spatial_attention": lambda: ops.car_spatial_attention(u, wc, s, b, backend="cpp"),
             "car_pool": lambda: ops.car_pool(f, sa, ca, backend="cpp"),  # no gradient wanted: values alone
             "car_pool_index": lambda: torch.ops.fastmlr.car_pool(f, sa, ca, True),  # training's call: and positions
@@ -189,6 +212,7 @@ def child(isa: str, rounds: int) -> dict:
         "fraction_of_bound": rate / bound,
         "mix_ceiling_per_s": ceiling,
         "fraction_of_mix_ceiling": rate / ceiling,
+        "mix_rcp_per_s": n_mix * 4 * 256 / med["mix_rcp"],
         "car_pool_ms": 1e3 * med["car_pool"],
         "car_pool_candidates_per_s": elems / med["car_pool"],
         "car_pool_index_ms": 1e3 * med["car_pool_index"],
@@ -231,18 +255,19 @@ def main(argv=None) -> int:
     print(f"{machine()}; 1 thread, CPU time, load average {load:.1f}; N=1 C=80 P=196 D=2048 (ResNet-101 at 448 px)")
     print("| ISA | peak, G lane-FMA/s | FMA bound, G tanh/s | mix ceiling, G tanh/s | car_spatial_attention ms "
           "[min, max] | G tanh/s | of the FMA bound | of the mix ceiling | car_pool ms | G candidates/s | "
-          "car_pool with positions (training) ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "car_pool with positions (training) ms | mix with rcp + Newton instead of the division, G tanh/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "skipped" in r:
-            print(f"| {r['isa']} | skipped: {r['skipped']} | | | | | | | | | |")
+            print(f"| {r['isa']} | skipped: {r['skipped']} | | | | | | | | | | |")
             continue
         lo, hi = r["car_spatial_attention_ms_range"]
         print(f"| {r['isa']} | {r['peak_lane_fma_per_s'] / 1e9:.0f} | {r['tanh_bound_per_s'] / 1e9:.2f} | "
               f"{r['mix_ceiling_per_s'] / 1e9:.2f} | {r['car_spatial_attention_ms']:.2f} [{lo:.2f}, {hi:.2f}] | "
               f"{r['car_spatial_attention_per_s'] / 1e9:.2f} | **{100 * r['fraction_of_bound']:.0f}%** | "
               f"**{100 * r['fraction_of_mix_ceiling']:.0f}%** | {r['car_pool_ms']:.2f} | "
-              f"{r['car_pool_candidates_per_s'] / 1e9:.1f} | {r['car_pool_index_ms']:.2f} |")
+              f"{r['car_pool_candidates_per_s'] / 1e9:.1f} | {r['car_pool_index_ms']:.2f} | "
+              f"{r['mix_rcp_per_s'] / 1e9:.2f} |")
     if args.json:
         from fastmlr.files import atomic_write_json
 
