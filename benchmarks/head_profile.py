@@ -12,8 +12,9 @@ freezing runs). Multiply-add rates are given so that they can be set beside the 
 ``--perf`` profiles the deployed artefacts instead: the baseline's and SRDL's package or graph are exported
 into ``--work`` (kept, so a rerun skips the export), each runs in its own process, and after its warm-up
 Linux ``perf record`` samples that process for ``--seconds`` (``--repeat`` windows per model, the two models
-alternating; medians); the table gives CPU milliseconds per image by shared object (oneDNN's and MLAS's code, fastmlr's kernels, OpenMP's waiting, the kernel's page
-faults, Python), SRDL's minus the baseline's: the head's cost as each runtime spends it. Needs ``perf``.
+alternating; medians); the table gives CPU milliseconds per image by shared object (oneDNN's and MLAS's
+code, fastmlr's kernels, OpenMP's waiting, the kernel's page faults, Python), SRDL's minus the baseline's:
+the head's cost as each runtime spends it. Needs ``perf``.
 """
 
 from __future__ import annotations

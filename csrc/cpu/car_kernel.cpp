@@ -284,13 +284,14 @@ FMLR_CPU_CLONES void pool_row(const T* __restrict__ hf, const T* __restrict__ sa
 constexpr int64_t kPoolBlock = 256;
 
 // hf[p * kPoolTile + k] = 0.5 f[k * P + p] for k < K, zero for K <= k < kPoolTile (one column tile of f,
-// transposed so that k is contiguous). Returns whether every value is finite.
-bool load_pool_tile(const float* f, int64_t K, int64_t P, float* hf) {
+// transposed so that k is contiguous). With check, returns whether every value is finite; without it (the
+// answer is not needed), false and no scan.
+bool load_pool_tile(const float* f, int64_t K, int64_t P, float* hf, bool check) {
   float unused;
-  bool ok = true;
+  bool ok = check;
   for (int64_t k = 0; k < K; ++k) {
     const float* fk = f + k * P;
-    ok &= finite_maxabs(fk, P, &unused);
+    if (ok) ok = finite_maxabs(fk, P, &unused);
     for (int64_t p = 0; p < P; ++p) hf[p * kPoolTile + k] = 0.5f * fk[p];
   }
   if (K < kPoolTile) {
@@ -328,7 +329,7 @@ void car_pool_tiled(const SimdKernels& kern, const at::Tensor& f_, const at::Ten
     alignas(64) int32_t arg[2][kPoolTile];
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / T, k0 = (r % T) * kPoolTile, K = std::min(kPoolTile, D - k0);
-      const bool fast = load_pool_tile(fp + (n * D + k0) * P, K, P, hf) && values_only;
+      const bool fast = load_pool_tile(fp + (n * D + k0) * P, K, P, hf, values_only);
       for (int64_t c = 0; c < C; c += 2) {
         const int64_t nc = n * C + c, two = std::min<int64_t>(2, C - c);
         const float* cas[2] = {cp + nc * D + k0, cp + (nc + 1) * D + k0};

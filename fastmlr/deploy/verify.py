@@ -108,5 +108,5 @@ def measure_latency(fn, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> 
     return 1000 * percentile(time_calls(fn, x, repeats, warmup, x.device), 50)
 
 
-__all__ = ["TOLERANCE", "FP16_MAP_POINTS", "real_images", "max_abs_diff", "torch_probs", "torch_probs64", "fp32_against_float64", "within_fp32",
-           "measure_latency"]
+__all__ = ["TOLERANCE", "FP16_MAP_POINTS", "real_images", "max_abs_diff", "torch_probs", "torch_probs64",
+           "fp32_against_float64", "within_fp32", "measure_latency"]
