@@ -10,7 +10,9 @@ erasing (eq. 7-10) removes the most obvious region of the top-K categories'
 spatial maps and adds the erased logits' loss (eq. 11-13).
 
 The hot steps (5, 6 and OE) go through :mod:`fastmlr.ops`, so which
-implementation runs (reference, C++/CUDA, Triton) never changes the model.
+implementation runs (reference, C++/CUDA, Triton) never changes the model;
+the head's D x D linear layers go through :func:`.cpu_linear.linear`, which
+is ``layer(x)`` except in eager float32 CPU inference (oneDNN, weight packed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .. import ops
 from ._registry import register_model
 from .backbones import Backbone
 from .base import MLRModel, apply_ablation, fold_buffer, label_embeddings_or_random, masked_bce
+from .cpu_linear import linear
 from .graph import LabelGraph, reweighted_correlation
 
 # Paper tables 5 and 6, each a configuration of the one model.
@@ -133,12 +136,12 @@ class SRDL(MLRModel):
 
     def channel_attention(self, f: Tensor, wc: Tensor) -> Tensor:
         """Step 4, eq. 4. f (Tensor[N, D, P]), wc (Tensor[C, D]) -> CA (Tensor[N, C, D])."""
-        g = self.f_ca(f.amax(dim=2))
-        return torch.sigmoid(self.f_c(torch.tanh(g[:, None, :] * wc[None, :, :])))
+        g = linear(self.f_ca, f.amax(dim=2))
+        return torch.sigmoid(linear(self.f_c, torch.tanh(g[:, None, :] * wc[None, :, :])))
 
     def spatial_attention(self, f: Tensor, wc: Tensor) -> Tensor:
         """Step 5, eq. 5. f (Tensor[N, D, P]), wc (Tensor[C, D]) -> SA (Tensor[N, C, P])."""
-        u = self.f_sa(f.transpose(1, 2))
+        u = linear(self.f_sa, f.transpose(1, 2))
         return ops.car_spatial_attention(u, wc, self.f_s.weight[0], self.f_s.bias[0])
 
     def classify(self, feat: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
