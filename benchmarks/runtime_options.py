@@ -1,13 +1,17 @@
-"""Two runtime settings fastmlr chose for the CPU, each timed on and off: one command.
+"""The runtime settings fastmlr chose for the CPU, each timed on and off: one command.
 
     python benchmarks/runtime_options.py [--models baseline,srdl] [--threads 2] [--image-size 448]
-                                         [--rounds 15] [--what aoti-freezing,onnx-spin]
+                                         [--rounds 15] [--what aoti-freezing,onnx-spin,pyop-threads,eager-linear]
 
 aoti-freezing: the same exported program compiled into two AOTInductor packages, with Inductor's
 ``freezing`` (what ``fastmlr.deploy.aoti.inductor_configs("cpu")`` asks for) and without; both timed
 interleaved in one process. onnx-spin: the fused-op-set ONNX graph in ONNX Runtime with its intra-op
 threads spinning (ONNX Runtime's default) and not (what ``fastmlr.runtime`` does for a fused graph);
 each setting in its own phase, so that one session's spinning threads do not slow the other's calls.
+pyop-threads: the same fused graph (not spinning), its PyOps' kernels running their loops on OpenMP's
+threads (ATen's pool) and on fastmlr's sleeping pool (what ``fastmlr.runtime`` does), a phase each.
+eager-linear: eager inference with the head's linear layers through ``F.linear`` and through oneDNN with
+the weights packed (``fastmlr.models.cpu_linear``, the default), interleaved in one process.
 
 ResNet-101, batch 1, 80 classes, random weights (BatchNorm statistics set from random images, as
 export does), wall clock (``fastmlr.measure``), median ms of the rounds.
@@ -80,18 +84,63 @@ def onnx_spin(models: dict, size: int, rounds: int, threads: int, tmp: str) -> d
     return out
 
 
+def pyop_threads(models: dict, size: int, rounds: int, threads: int, tmp: str) -> dict:
+    import numpy as np
+
+    from fastmlr import runtime
+    from fastmlr.deploy.onnx import export_onnx
+    from fastmlr.runtime import onnx_fused
+
+    x_np = np.ascontiguousarray(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy())
+    runners = {}
+    for name, model in models.items():
+        path = os.path.join(tmp, f"{name}-fused.onnx")
+        if not os.path.exists(path):
+            export_onnx(model, path, size, max_batch=1, opt_batch=1, onnx_ops="fused")
+        runners[name] = runtime.load(path, device="cpu", threads=threads, spin=False)
+    out = {}
+    try:
+        for sleeping in (False, True):
+            onnx_fused.SLEEPING_POOL = sleeping
+            calls = {(name, "kernels on fastmlr's sleeping pool" if sleeping else "kernels on OpenMP's threads"):
+                     (lambda r=r: r.session.run(None, {"images": x_np})) for name, r in runners.items()}
+            out.update(_timed(calls, rounds))
+    finally:
+        onnx_fused.SLEEPING_POOL = True
+    return out
+
+
+def eager_linear(models: dict, size: int, rounds: int) -> dict:
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+    def call(model, packed):
+        os.environ["FASTMLR_PACKED_LINEAR"] = "1" if packed else "0"  # read on every call
+        return model(x)
+
+    calls = {(name, "oneDNN, packed weights" if packed else "F.linear"): (lambda m=m, p=packed: call(m, p))
+             for name, m in models.items() for packed in (False, True)}
+    try:
+        with torch.inference_mode():
+            return _timed(calls, rounds)
+    finally:
+        os.environ.pop("FASTMLR_PACKED_LINEAR", None)
+
+
+OPTIONS = ("aoti-freezing", "onnx-spin", "pyop-threads", "eager-linear")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="baseline,srdl")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--what", default="aoti-freezing,onnx-spin", help="aoti-freezing, onnx-spin, or both")
+    p.add_argument("--what", default=",".join(OPTIONS), help=f"comma-separated, from {', '.join(OPTIONS)}")
     args = p.parse_args(argv)
     what = args.what.split(",")
-    unknown = [w for w in what if w not in ("aoti-freezing", "onnx-spin")]
+    unknown = [w for w in what if w not in OPTIONS]
     if unknown:
-        p.error(f"--what {','.join(unknown)}: expected aoti-freezing and/or onnx-spin")
+        p.error(f"--what {','.join(unknown)}: expected some of {', '.join(OPTIONS)}")
     torch.set_num_threads(args.threads)
     from fastmlr.bench.cells import build_model
     from fastmlr.models.base import calibrate_batchnorm
@@ -107,6 +156,11 @@ def main(argv=None) -> int:
             rows["AOTInductor"] = aoti_freezing(models, args.image_size, args.rounds, tmp)
         if "onnx-spin" in what:
             rows["ONNX Runtime, fused op set"] = onnx_spin(models, args.image_size, args.rounds, args.threads, tmp)
+        if "pyop-threads" in what:
+            rows["ONNX Runtime, fused op set, not spinning"] = pyop_threads(models, args.image_size, args.rounds,
+                                                                            args.threads, tmp)
+        if "eager-linear" in what:
+            rows["eager, cpp ops"] = eager_linear(models, args.image_size, args.rounds)
     print(f"{args.threads} threads, ResNet-101 at {args.image_size} px, batch 1, wall clock, median of {args.rounds} "
           f"rounds; load average {os.getloadavg()[0]:.1f}")
     print("| runtime | setting | " + " | ".join(models) + " | overhead |")

@@ -14,8 +14,26 @@
 #include <torch/library.h>
 
 #include "cpu/car_simd.h"
+#include "cpu/parallel.h"
 
 #ifndef FASTMLR_OPS_NO_PYTHON
+namespace {
+// _set_sleeping_pool(on: bool) -> bool: whether the calling thread's kernels run their loops on fastmlr's
+// sleeping pool (csrc/cpu/parallel.h); returns the previous setting. Used by fastmlr.ops.sleeping_threads().
+PyObject* set_sleeping_pool(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(fastmlr::cpu::set_sleeping_pool(on != 0));
+}
+
+PyMethodDef methods[] = {
+    {"_set_sleeping_pool", set_sleeping_pool, METH_O,
+     "_set_sleeping_pool(on) -> bool: this thread's CPU kernels on fastmlr's sleeping pool (True) or ATen's (False); "
+     "returns the previous setting."},
+    {nullptr, nullptr, 0, nullptr},
+};
+}  // namespace
+
 extern "C" {
 // `import fastmlr._C` only has to load this library so that the static
 // TORCH_LIBRARY initialisers below and in the kernel files run.
@@ -25,7 +43,7 @@ PyObject* PyInit__C(void) {
       "_C",  // name
       "fastmlr's C++/CUDA ops; use them through fastmlr.ops or torch.ops.fastmlr.",
       -1,    // size of per-interpreter state
-      nullptr,
+      methods,
   };
   PyObject* module = PyModule_Create(&module_def);
 #ifdef FASTMLR_WITH_CUDA

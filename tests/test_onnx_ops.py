@@ -208,6 +208,39 @@ def test_a_fused_graphs_threads_do_not_spin_unless_asked_and_a_standard_graphs_d
 
 
 @needs_nodes
+@needs_ext
+def test_the_pyops_run_their_kernels_on_the_sleeping_pool_unless_told_not_to(fused_graphs, monkeypatch):
+    """The kernels called from a PyOp run their loops on fastmlr's sleeping pool (fastmlr/ops/_threads.py):
+    the switch is turned on around every fused node's call, put back after it, and left alone with
+    onnx_fused.SLEEPING_POOL off; the probabilities are the model's either way."""
+    from fastmlr.ops import _threads
+    from fastmlr.runtime import onnx_fused
+
+    real = _threads._switch()
+    if real is None:
+        pytest.skip("fastmlr._C is not built: no kernel reads the switch")
+    calls = []
+
+    def recording(on):
+        calls.append(bool(on))
+        return real(on)
+
+    monkeypatch.setattr(_threads, "_switch", lambda: recording)
+    model, path = fused_graphs["srdl"]
+    r = runtime.load(path, device="cpu", threads=2)
+    x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = torch.sigmoid(model(x))
+    for sleeping in (True, False):
+        monkeypatch.setattr(onnx_fused, "SLEEPING_POOL", sleeping)
+        calls.clear()
+        probs = r.run(x)[1]
+        # Two fused nodes (CarSpatialAttention, CarPool): switched to the setting, then back to off.
+        assert calls == [sleeping, False] * 2, calls
+        torch.testing.assert_close(probs, want, atol=TOL[torch.float32][0], rtol=TOL[torch.float32][1])
+
+
+@needs_nodes
 def test_a_fused_graph_without_the_extension_is_refused_with_the_documented_message(fused_graphs, monkeypatch):
     _, path = fused_graphs["srdl"]
     monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # import now raises ImportError

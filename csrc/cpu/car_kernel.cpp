@@ -18,6 +18,7 @@
 #include "car_math.h"
 #include "car_simd.h"
 #include "checks.h"
+#include "parallel.h"
 
 namespace fastmlr {
 namespace {
@@ -156,7 +157,7 @@ bool sa_forward_simd(const float* up, const float* wp, const float* sp, float b,
   float unused;
   const bool finite = finite_maxabs(up, N * P * D, &unused) && finite_maxabs(wp, C * D, &unused);
   // Grain: a few rows per task; each row is C x D tanh evaluations.
-  at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / P, p = r % P;
       float* o = op + n * C * P + p;
@@ -189,7 +190,7 @@ at::Tensor car_spatial_attention_cpu(const at::Tensor& u_, const at::Tensor& wc_
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     // Grain: a few rows per task; each row is C x D tanh evaluations.
     if (sa_forward_simd(up, wp, sp, b, N, C, P, D, op)) return;
-    at::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * P, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / P, p = r % P;
         sa_forward_row<scalar_t>(up + r * D, wp, sp, b, C, D, P, op + n * C * P + p);
@@ -230,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> car_spatial_attention
       scalar_t* dup = du.mutable_data_ptr<scalar_t>();
       scalar_t* dwp = dwc_part.mutable_data_ptr<scalar_t>();
       scalar_t* dsp = ds_part.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+      cpu::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
         for (int64_t ch = cb; ch < ce; ++ch) {
           for (int64_t r = ch * R / chunks; r < (ch + 1) * R / chunks; ++r) {
             const int64_t n = r / P, p = r % P;
@@ -320,7 +321,7 @@ void car_pool_tiled(const SimdKernels& kern, const at::Tensor& f_, const at::Ten
   float msa = 0.0f, mca = 0.0f;
   const bool values_only = ip == nullptr && finite_maxabs(sp, sa.numel(), &msa) &&
                            finite_maxabs(cp, ca.numel(), &mca) && msa + mca <= std::numeric_limits<float>::max();
-  at::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> tile;
     if (tile.size() < static_cast<size_t>(P * kPoolTile)) tile.resize(P * kPoolTile);
     float* hf = tile.data();
@@ -384,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> car_pool_cpu(const at::Tensor& f_, const at::
     const scalar_t* cp = ca.const_data_ptr<scalar_t>();
     scalar_t* op = feat.mutable_data_ptr<scalar_t>();
     int64_t* ip = index ? idx.mutable_data_ptr<int64_t>() : nullptr;
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<int32_t> arg(std::min(D, kPoolBlock));
       for (int64_t k0 = 0; k0 < D; k0 += kPoolBlock) {
         const int64_t K = std::min(kPoolBlock, D - k0);
@@ -431,7 +432,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> car_pool_backward_cpu(const at::T
     scalar_t* dsp = dsa.mutable_data_ptr<scalar_t>();
     scalar_t* dcp = dca.mutable_data_ptr<scalar_t>();
     // dsa and dca: each (n, c) row owned by one task.
-    at::parallel_for(0, N * C, 8, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * C, 8, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / C;
         for (int64_t k = 0; k < D; ++k) {
@@ -443,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> car_pool_backward_cpu(const at::T
       }
     });
     // df: each (n, k) row of P entries owned by one task.
-    at::parallel_for(0, N * D, 64, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * D, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / D, k = r % D;
         for (int64_t c = 0; c < C; ++c) {
@@ -470,7 +471,7 @@ at::Tensor tanh_fast_cpu(const at::Tensor& x_) {
   const float* xp = x.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const auto simd_row = tanh_row_simd();
-  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, x.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
     if (simd_row) {
       simd_row(xp + begin, end - begin, yp + begin);
     } else {

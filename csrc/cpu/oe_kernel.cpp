@@ -10,6 +10,7 @@
 
 #include "car_math.h"
 #include "checks.h"
+#include "parallel.h"
 
 namespace fastmlr {
 namespace {
@@ -30,7 +31,7 @@ at::Tensor oe_boxes_cpu(const at::Tensor& sa_, double alpha) {
     using op_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     int64_t* bp = boxes.mutable_data_ptr<int64_t>();
-    at::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> mx(W), my(H);
       for (int64_t m = begin; m < end; ++m) {
         const scalar_t* map = sp + m * H * W;
@@ -77,7 +78,7 @@ at::Tensor oe_erase_cpu(const at::Tensor& sa_, const at::Tensor& boxes_) {
     const scalar_t* sp = sa.const_data_ptr<scalar_t>();
     const int64_t* bp = boxes.const_data_ptr<int64_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, N * K, map_grain(H, W), [&](int64_t begin, int64_t end) {
       for (int64_t m = begin; m < end; ++m) {
         const int64_t* box = bp + m * 4;
         for (int64_t y = 0; y < H; ++y) {

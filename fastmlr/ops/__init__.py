@@ -50,6 +50,7 @@ from .cosine import multi_perspective_cosine
 from .oe import oe_boxes, oe_erase
 from .second_order import second_order_pool
 from .opspec import FUSED_DOMAIN, Impl, OnnxNode, OpSpec, TrtPlugin, declare, fused_specs, spec, specs, withdraw
+from ._threads import sleeping_threads
 
 # The built-in ops, in declaration order (specs() also lists ops declared later).
 OPS = tuple(s.name for s in specs())
@@ -78,6 +79,7 @@ __all__ = [
     "declare",
     "withdraw",
     "dispatch",
+    "sleeping_threads",
     "spec",
     "specs",
     "fused_specs",

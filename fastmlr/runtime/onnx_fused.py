@@ -4,7 +4,8 @@ The fastmlr-domain nodes (the ops' declared ``OpSpec.onnx`` nodes) become
 onnxruntime-extensions Python custom ops ("PyOps"), one per declared fused op:
 ONNX Runtime calls back into Python with numpy arrays, which go through
 ``torch.from_numpy`` to the op's public function (the ordinary dispatch: the C++
-kernels where they run, else the reference) and back. This module names no op.
+kernels where they run, their loops on fastmlr's sleeping pool rather than OpenMP's
+spinning threads, else the reference) and back. This module names no op.
 PyOps live in onnxruntime-extensions' own domain, so the graph's nodes are moved
 into it in memory before the session is created; the file is not changed. float32 only (a PyOp declares one input type).
 
@@ -22,6 +23,9 @@ from __future__ import annotations
 from ..constants import FUSED_DOMAIN  # not fastmlr.ops: a standard graph's runner loads no op
 
 _registered = False
+# Whether the PyOps' kernels run their loops on fastmlr's sleeping pool (read on every call;
+# benchmarks/runtime_options.py --what pyop-threads times both settings).
+SLEEPING_POOL = True
 
 
 def missing_message(path: str) -> str:
@@ -43,7 +47,7 @@ def _register_pyops() -> None:
     import torch
     from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-    from ..ops import fused_specs
+    from ..ops import fused_specs, sleeping_threads
 
     f32 = PyCustomOpDef.dt_float
 
@@ -54,8 +58,10 @@ def _register_pyops() -> None:
         return x.contiguous().numpy()
 
     def pyop(spec):
+        # The kernels' loops on fastmlr's sleeping pool: OpenMP's threads would stay spinning after each
+        # PyOp and take the cores from ONNX Runtime's next node (fastmlr/ops/_threads.py).
         def run(*arrays):
-            with torch.inference_mode():
+            with torch.inference_mode(), sleeping_threads(SLEEPING_POOL):
                 return out(spec.function(*(t(a) for a in arrays)))
 
         run.__name__ = spec.name
