@@ -2,6 +2,7 @@
 
     python benchmarks/head_profile.py [--threads 2] [--rounds 15]
     python benchmarks/head_profile.py --perf [--runtimes aoti,onnxrt-fused] [--seconds 8] [--repeat 3] [--work DIR]
+    python benchmarks/head_profile.py --onnx-nodes [--calls 20] [--work DIR]
 
 The first table times each piece of ``SRDL.forward_head`` alone on a fixed feature map (ResNet-101 at
 448 px: N=1, D=2048, 14 x 14; 80 classes), wall clock, median of interleaved rounds, with the linear layers
@@ -15,6 +16,11 @@ Linux ``perf record`` samples that process for ``--seconds`` (``--repeat`` windo
 alternating; medians); the table gives CPU milliseconds per image by shared object (oneDNN's and MLAS's
 code, fastmlr's kernels, OpenMP's waiting, the kernel's page faults, Python), SRDL's minus the baseline's:
 the head's cost as each runtime spends it. Needs ``perf``.
+
+``--onnx-nodes`` runs the fused graphs in ONNX Runtime with its profiler (as ``fastmlr.runtime`` opens them:
+spinning off, the PyOps' kernels on fastmlr's sleeping pool, then with them on OpenMP's threads) and gives
+each op type's time per image, SRDL's beside the baseline's, plus the time outside the nodes (the session's
+own work and the hand-offs); and, for scale, the same MatMul shapes alone in a session of their own.
 """
 
 from __future__ import annotations
@@ -211,6 +217,111 @@ def perf_table(runtimes: list[str], threads: int, seconds: float, work: str, rep
             print(f"| all | {tb:.2f} | {ts:.2f} | {ts - tb:+.2f} |")
 
 
+# -- --onnx-nodes: ONNX Runtime's own profiler on the fused graphs --------------------------------------------
+
+def _node_ms(path: str, threads: int, calls: int, tmp: str) -> tuple[float, dict]:
+    """(wall ms per call, {op type: ms per call}) of ``calls`` profiled calls after three warm-up calls."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from fastmlr.runtime.onnx import SPIN_KEY
+    from fastmlr.runtime.onnx_fused import fused_node_types, fused_session_input
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry(SPIN_KEY, "0")
+    model = onnx.load(path)
+    source = fused_session_input(path, model, opts) if fused_node_types(model) else path
+    x = np.random.RandomState(0).randn(1, 3, SIDE, SIDE).astype(np.float32)
+    warm = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        warm.run(None, {"images": x})
+    del warm
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tmp, "ort")
+    sess = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, {"images": x})
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        sess.run(None, {"images": x})
+    wall = 1e3 * (time.perf_counter() - t0) / calls
+    with open(sess.end_profiling()) as fh:
+        events = json.load(fh)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = runs[-calls]["ts"] if len(runs) >= calls else 0
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            op = e["args"].get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3 / calls
+    return wall, per_op
+
+
+def _matmul_alone(rows: int, threads: int, calls: int) -> float:
+    """ms per call of a [1, rows, 2048] x [2048, 2048] MatMul alone in a session (weights in cache)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastmlr.runtime.onnx import SPIN_KEY
+
+    w = np.random.RandomState(1).randn(2048, 2048).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, 2048])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry(SPIN_KEY, "0")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.RandomState(2).randn(1, rows, 2048).astype(np.float32)
+    times = []
+    for i in range(calls + 3):
+        t0 = time.perf_counter()
+        sess.run(None, {"x": x})
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def onnx_nodes_table(threads: int, calls: int, work: str) -> None:
+    import torch
+
+    from fastmlr.runtime import onnx_fused
+
+    torch.set_num_threads(threads)
+    os.makedirs(work, exist_ok=True)
+    paths = {m: artefact(work, "onnxrt-fused", m) for m in ("baseline", "srdl")}
+    cols = {}
+    with tempfile.TemporaryDirectory(prefix="fastmlr-ortprof-") as tmp:
+        try:
+            for sleeping in (True, False):
+                onnx_fused.SLEEPING_POOL = sleeping
+                for m in paths if sleeping else ("srdl",):
+                    cols[(m, sleeping)] = _node_ms(paths[m], threads, calls, tmp)
+        finally:
+            onnx_fused.SLEEPING_POOL = True
+    names = {"baseline": "baseline", "srdl": "SRDL"}
+    heads = [f"{names[m]}{'' if s else ', kernels on OpenMP threads'}" for m, s in cols]
+    print(f"ONNX Runtime's profiler, fused graphs, {threads} threads, spinning off, mean of {calls} calls, ms per image")
+    print("| op type | " + " | ".join(heads) + " |")
+    print("|---|" + "---:|" * len(cols))
+    ops_ = sorted({op for _, per in cols.values() for op in per}, key=lambda o: -cols[("srdl", True)][1].get(o, 0))
+    for op in ops_:
+        vals = [per.get(op, 0.0) for _, per in cols.values()]
+        if max(vals) >= 0.02:
+            print(f"| {op} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    print("| outside the nodes (session, hand-offs) | "
+          + " | ".join(f"{wall - sum(per.values()):.2f}" for wall, per in cols.values()) + " |")
+    print("| wall | " + " | ".join(f"{wall:.2f}" for wall, _ in cols.values()) + " |")
+    print(f"MatMul alone, [1, M, 2048] x [2048, 2048], {threads} threads: "
+          + ", ".join(f"M = {rows}: {_matmul_alone(rows, threads, calls):.2f} ms" for rows in (196, CLASSES)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -220,7 +331,10 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="with --perf: sampling window per model")
     p.add_argument("--repeat", type=int, default=3, help="with --perf: windows per model, alternating (median)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "fastmlr-head-profile"),
-                   help="with --perf: where the artefacts are exported (kept for reruns)")
+                   help="with --perf or --onnx-nodes: where the artefacts are exported (kept for reruns)")
+    p.add_argument("--onnx-nodes", action="store_true",
+                   help="ONNX Runtime's profiler on the fused graphs: time per op type, SRDL beside the baseline")
+    p.add_argument("--calls", type=int, default=20, help="with --onnx-nodes: profiled calls per graph")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--ready", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -228,6 +342,9 @@ def main(argv=None) -> int:
         p.error(f"--threads must be at least 1, got {args.threads}")
     if args.serve:
         serve(args.serve, args.threads, args.ready, args.seconds)
+        return 0
+    if args.onnx_nodes:
+        onnx_nodes_table(args.threads, args.calls, args.work)
         return 0
     if args.perf:
         runtimes = [r for r in args.runtimes.split(",") if r]
