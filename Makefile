@@ -30,13 +30,14 @@ HOST_STAMP := $(HOST_VENV)/.fastmlr-host-stack
 HOST_PINS := torch==2.11.0 torchvision==0.26.0 triton==3.6.0 numpy==2.5.* onnx==1.23.* onnxruntime==1.30.* \
 	onnxscript==0.7.2 Pillow scikit-learn tqdm matplotlib pytest setuptools wheel ninja
 HOST_WITH_CUDA ?= 0
-# What differs between the stacks: dispatch and compile, autocast, the ops (interpreter, C++ build),
-# export, training, gpu-check's CPU side, and the install itself; their quick tests (not "slow"), then the
+# What differs between the stacks: dispatch and compile, autocast, the ops (interpreter, C++ build, its
+# thread pool), export, training, gpu-check's CPU side, eager's packed oneDNN linears (private ATen ops),
+# and the install itself; their quick tests (not "slow"), then the
 # few slow ones that read the stack's own Triton (its interpreter on every op case, its PTX, its launch binding).
 HOST_TESTS ?= tests/test_packaging.py tests/test_gpu_check.py tests/test_ops_dispatch.py tests/test_autocast.py \
 	tests/test_fp16.py tests/test_ops_cpp.py tests/test_ops_triton.py tests/test_op_car.py tests/test_op_oe.py \
 	tests/test_op_second_order.py tests/test_op_mpcos.py tests/test_onnx_ops.py tests/test_export.py \
-	tests/test_train.py tests/test_aoti_device.py
+	tests/test_train.py tests/test_aoti_device.py tests/test_sleeping_pool.py tests/test_cpu_linear.py
 HOST_SLOW_TESTS ?= tests/test_ops_triton.py::test_interpreter_cases \
 	tests/test_trt_plugins.py::test_fp16_kernels_load_half_precision \
 	tests/test_trt_plugins.py::test_f32_to_f16_rounding_reads_every_spelling \
