@@ -83,6 +83,15 @@ def test_training_and_other_dtypes_are_layer_itself():
         assert torch.equal(linear(layer64, x64), layer64(x64))
 
 
+def test_cpu_autocast_keeps_its_own_linear():
+    layer = _layer()
+    x = torch.randn(4, 96)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not applies(layer, x)
+        y = linear(layer, x)
+        assert y.dtype == torch.bfloat16 and torch.equal(y, layer(x))
+
+
 def test_a_changed_weight_is_packed_again():
     layer = _layer()
     x = torch.randn(6, 96)

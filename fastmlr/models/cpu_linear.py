@@ -8,7 +8,7 @@ AOTInductor packages already run the packed form (Inductor's freezing packs ever
 :func:`linear` gives eager inference the same.
 
 It applies only where nothing can tell: a float32 CPU call with autograd off (``torch.no_grad`` or
-``torch.inference_mode``), on plain tensors, outside any tracer (``torch.compile``, ``torch.export`` and
+``torch.inference_mode``) and CPU autocast off, on plain tensors, outside any tracer (``torch.compile``, ``torch.export`` and
 the ONNX and AOTInductor exports built on it, ``torch.jit.trace``). Everything else (training, other
 dtypes, devices, traced graphs) is ``layer(x)`` as before, so exported graphs hold ``aten.linear`` as they
 did. The packed copy is kept beside the layer and rebuilt when the weight is replaced or changed in place:
@@ -59,6 +59,8 @@ def enabled() -> bool:
 def applies(layer: nn.Linear, x: Tensor) -> bool:
     """Whether :func:`linear` would run ``layer`` on ``x`` through the packed weight."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # autocast decides the linear's dtype: leave it to F.linear
         return False
     w = layer.weight
     return (type(x) is torch.Tensor and type(w.data) is torch.Tensor and x.device.type == "cpu"
