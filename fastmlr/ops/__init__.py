@@ -23,6 +23,11 @@ to float32 (a cosine similarity), "promote" to the widest floating dtype among
 its inputs; the op then runs with autocast disabled. So an op may be handed
 float16/bfloat16 activations with float32 parameters there. Outside autocast,
 the floating inputs of an op must share one dtype.
+
+The C++ CPU kernels spread their loops over ATen's intra-op threads (OpenMP);
+a caller inside another runtime's thread pool (the fused ONNX graph's PyOps)
+wraps its calls in :func:`sleeping_threads`, which has them use fastmlr's own
+pool, whose threads sleep as soon as their share is done (fastmlr/ops/_threads.py).
 """
 
 from __future__ import annotations
