@@ -157,3 +157,20 @@ def test_the_pool_starts_threads_minus_one_threads_once_and_survives_a_fork(thre
     before, after, child = map(int, r.stdout.split())
     assert after - before == threads - 1  # the caller is one of the threads; kept across the three calls
     assert child == 0
+
+
+def test_a_build_without_the_switch_says_so_once(monkeypatch, capsys):
+    import types
+
+    import fastmlr
+    from fastmlr.ops import _threads
+
+    stale = types.ModuleType("fastmlr._C")  # an older build: the ops, no _set_sleeping_pool
+    monkeypatch.setitem(sys.modules, "fastmlr._C", stale)
+    monkeypatch.setattr(fastmlr, "_C", stale)
+    monkeypatch.setattr(_threads, "_said", False)
+    for _ in range(3):
+        with ops.sleeping_threads():
+            pass
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "sleeping pool" in ln]
+    assert len(said) == 1 and "rebuild" in said[0]

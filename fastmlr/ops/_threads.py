@@ -11,14 +11,23 @@ is in benchmarks/README.md). The same number of threads either way (``torch.get_
 from __future__ import annotations
 
 import contextlib
+import sys
+
+_said = False
 
 
 def _switch():
+    global _said
     try:
         from .. import _C
     except ImportError:  # no extension: the kernels that would read the switch are not there either
         return None
-    return getattr(_C, "_set_sleeping_pool", None)
+    switch = getattr(_C, "_set_sleeping_pool", None)
+    if switch is None and not _said:
+        _said = True
+        print("fastmlr.ops: this build of fastmlr._C predates its sleeping pool (rebuild it: pip install "
+              "--no-build-isolation -e .); its kernels keep ATen's threads", file=sys.stderr)
+    return switch
 
 
 @contextlib.contextmanager
