@@ -49,35 +49,46 @@ PEAK_C = r"""
   T s = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
 
 /* The instruction stream of eq. 5's inner loop in car_simd_rows.h, with its operands in L1: per step, one
-   load of u and of s, then for 4 categories a load of wc, mul, clamp, mul, 4 + 4 Horner FMAs, mul, div,
-   clamp and the s-weighted FMA, over rows of 256 floats that stay in L1. Its rate is what this CPU's
-   vector units sustain for exactly this arithmetic when memory costs nothing. */
-#define MIX(T, W, P, SET1, LOAD, MUL, FMA, DIV, CLAMP_X, CLAMP_T, SUM)                              \
+   load of u and of s, then for 4 categories a load of wc, the product x = u wc, TANH(x) (an expression in
+   x) and the s-weighted FMA, over rows of 256 floats that stay in L1. Its rate is what this CPU's vector
+   units sustain for exactly this arithmetic when memory costs nothing. */
+#define STREAM(T, W, SET1, LOAD, MUL, FMA, SUM, TANH)                                                \
   static float buf[6 * 256] __attribute__((aligned(64)));                                          \
   for (int i = 0; i < 6 * 256; ++i) buf[i] = 0.001f * (i % 97) - 0.04f;                            \
   const float *u = buf, *s = buf + 256, *w = buf + 512;                                             \
-  const T h = SET1(9.f), one = SET1(1.f), mone = SET1(-1.f), mh = SET1(-9.f);                       \
-  const T p0 = SET1(P[0]), p1 = SET1(P[1]), p2 = SET1(P[2]), p3 = SET1(P[3]);                        \
-  const T q0 = SET1(P[4]), q1 = SET1(P[5]), q2 = SET1(P[6]), q3 = SET1(P[7]);                        \
   float total = 0.f;                                                                                \
   for (long it = 0; it < n; ++it) {                                                                 \
     T acc[4] = {SET1(0.f), SET1(0.f), SET1(0.f), SET1(0.f)};                                        \
     for (int k = 0; k < 256; k += W) {                                                              \
       const T uk = LOAD(u + k), sk = LOAD(s + k);                                                   \
       for (int c = 0; c < 4; ++c) {                                                                 \
-        T v = MUL(uk, LOAD(w + 256 * c + k));                                                       \
-        v = CLAMP_X;                                                                                \
-        T z = MUL(v, v), p = FMA(p0, z, p1), q = FMA(q0, z, q1);                                    \
-        p = FMA(p, z, p2); q = FMA(q, z, q2); p = FMA(p, z, p3); q = FMA(q, z, q3);                 \
-        p = FMA(p, z, one); q = FMA(q, z, one);                                                     \
-        T t = DIV(MUL(v, p), q);                                                                    \
-        t = CLAMP_T;                                                                                \
-        acc[c] = FMA(sk, t, acc[c]);                                                                \
+        const T x = MUL(uk, LOAD(w + 256 * c + k));                                                 \
+        acc[c] = FMA(sk, TANH, acc[c]);                                                             \
       }                                                                                             \
     }                                                                                               \
     total += SUM(acc[0]) + SUM(acc[1]) + SUM(acc[2]) + SUM(acc[3]);                                 \
   }                                                                                                 \
   return total;
+
+/* tanh_fast as the kernels issue it: clamp, z = x^2, 4 + 4 Horner FMAs, mul, div, clamp (a GNU statement
+   expression over the constants MIX defines; CLAMP_X and CLAMP_T are expressions in v and t). */
+#define RATIONAL(T, MUL, FMA, DIV, CLAMP_X, CLAMP_T)                                                 \
+  ({                                                                                                \
+    T v = x;                                                                                        \
+    v = CLAMP_X;                                                                                    \
+    T z = MUL(v, v), p = FMA(p0, z, p1), q = FMA(q0, z, q1);                                        \
+    p = FMA(p, z, p2); q = FMA(q, z, q2); p = FMA(p, z, p3); q = FMA(q, z, q3);                     \
+    p = FMA(p, z, one); q = FMA(q, z, one);                                                         \
+    T t = DIV(MUL(v, p), q);                                                                        \
+    t = CLAMP_T;                                                                                    \
+    t;                                                                                              \
+  })
+#define MIX(T, W, P, SET1, LOAD, MUL, FMA, DIV, CLAMP_X, CLAMP_T, SUM)                              \
+  const T h = SET1(9.f), one = SET1(1.f), mone = SET1(-1.f), mh = SET1(-9.f);                       \
+  const T p0 = SET1(P[0]), p1 = SET1(P[1]), p2 = SET1(P[2]), p3 = SET1(P[3]);                        \
+  const T q0 = SET1(P[4]), q1 = SET1(P[5]), q2 = SET1(P[6]), q3 = SET1(P[7]);                        \
+  (void)mone, (void)mh;                                                                             \
+  STREAM(T, W, SET1, LOAD, MUL, FMA, SUM, RATIONAL(T, MUL, FMA, DIV, CLAMP_X, CLAMP_T))
 
 __attribute__((target("avx512f,avx512dq"))) float mix_avx512(long n, const float* P) {
   MIX(__m512, 16, P, _mm512_set1_ps, _mm512_load_ps, _mm512_mul_ps, _mm512_fmadd_ps, _mm512_div_ps,
@@ -117,29 +128,16 @@ __attribute__((target("avx2,fma"))) float mix_rcp_avx2(long n, const float* P) {
    coefficients fetched by vector permutes (7 + 1 tables of 16), the sign put back. 9 FMA-pipe operations
    per element instead of 12, and no division, but 8 permutes (AVX2: two 8-entry permutes and a blend
    each). T: 8 x 16 floats, the centres then the coefficients from degree 0 up. */
-#define TABLE_MIX(T, TI, W, SET1, LOAD, MUL, FMA, SUB, ABS, MIN, IDX, PERM, SIGN, SUM)                    \
-  static float buf[6 * 256] __attribute__((aligned(64)));                                          \
-  for (int i = 0; i < 6 * 256; ++i) buf[i] = 0.001f * (i % 97) - 0.04f;                            \
-  const float *u = buf, *s = buf + 256, *w = buf + 512;                                             \
+#define TABLE_MIX(T, TI, W, SET1, LOAD, MUL, FMA, SUB, ABS, MIN, IDX, PERM, SIGN, SUM)              \
   const T nine = SET1(9.f), scale = SET1(16.f / 9.f), last = SET1(15.f);                            \
-  float total = 0.f;                                                                                \
-  for (long it = 0; it < n; ++it) {                                                                 \
-    T acc[4] = {SET1(0.f), SET1(0.f), SET1(0.f), SET1(0.f)};                                        \
-    for (int k = 0; k < 256; k += W) {                                                              \
-      const T uk = LOAD(u + k), sk = LOAD(s + k);                                                   \
-      for (int c = 0; c < 4; ++c) {                                                                 \
-        const T x = MUL(uk, LOAD(w + 256 * c + k));                                                 \
-        const T a = MIN(ABS(x), nine);                                                              \
-        const TI i = IDX(MIN(MUL(a, scale), last));                                                   \
-        const T t = SUB(a, PERM(i, 0));                                                             \
-        T r = PERM(i, 7);                                                                           \
-        for (int d = 6; d >= 1; --d) r = FMA(r, t, PERM(i, d));                                     \
-        acc[c] = FMA(sk, SIGN(r, x), acc[c]);                                                       \
-      }                                                                                             \
-    }                                                                                               \
-    total += SUM(acc[0]) + SUM(acc[1]) + SUM(acc[2]) + SUM(acc[3]);                                 \
-  }                                                                                                 \
-  return total;
+  STREAM(T, W, SET1, LOAD, MUL, FMA, SUM, ({                                                        \
+           const T a = MIN(ABS(x), nine);                                                           \
+           const TI i = IDX(MIN(MUL(a, scale), last));                                              \
+           const T t = SUB(a, PERM(i, 0));                                                          \
+           T r = PERM(i, 7);                                                                        \
+           for (int d = 6; d >= 1; --d) r = FMA(r, t, PERM(i, d));                                  \
+           SIGN(r, x);                                                                              \
+         }))
 
 __attribute__((target("avx512f,avx512dq"))) float mix_table_avx512(long n, const float* tab) {
   __m512 tv[8];
