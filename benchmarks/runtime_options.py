@@ -119,11 +119,15 @@ def eager_linear(models: dict, size: int, rounds: int) -> dict:
 
     calls = {(name, "oneDNN, packed weights" if packed else "F.linear"): (lambda m=m, p=packed: call(m, p))
              for name, m in models.items() for packed in (False, True)}
+    before = os.environ.get("FASTMLR_PACKED_LINEAR")
     try:
         with torch.inference_mode():
             return _timed(calls, rounds)
     finally:
-        os.environ.pop("FASTMLR_PACKED_LINEAR", None)
+        if before is None:
+            os.environ.pop("FASTMLR_PACKED_LINEAR", None)
+        else:
+            os.environ["FASTMLR_PACKED_LINEAR"] = before
 
 
 OPTIONS = ("aoti-freezing", "onnx-spin", "pyop-threads", "eager-linear")

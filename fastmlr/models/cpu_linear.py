@@ -79,9 +79,9 @@ def _sample(w: Tensor) -> Tensor:
 def _packed_weight(layer: nn.Linear, rows: int) -> Tensor:
     w = layer.weight
     key = (w.data_ptr(), w._version, tuple(w.shape))
-    held = layer.__dict__.get(_ATTR)
-    if held is None or held.key != key or not torch.equal(held.sample, _sample(w)):
-        held = _Packed(key, _sample(w), torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
+    held, sample = layer.__dict__.get(_ATTR), _sample(w)
+    if held is None or held.key != key or not torch.equal(held.sample, sample):
+        held = _Packed(key, sample, torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
         layer.__dict__[_ATTR] = held
     return held.weight
 
